@@ -1,0 +1,173 @@
+"""The frozen teacher of a distillation run.
+
+A :class:`FrozenTeacher` wraps a fully built detector, loads its weights strictly and freezes it:
+eval mode for good, ``requires_grad=False`` everywhere, ``torch.no_grad`` around every call.
+The distillation meta-architectures keep it *outside* their registered sub-modules (see
+:class:`d2kd.meta_arch.base.DistillerBase`), so the teacher's parameters are never seen by the
+optimizer, by DDP (no gradient all-reduce, no find-unused-parameters noise), or by the
+checkpointer (a distillation checkpoint holds the student and the adapters only; the teacher is
+re-read from its own checkpoint).
+"""
+import logging
+import os
+from typing import Dict, Mapping, Optional
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+_AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class TeacherCheckpointError(RuntimeError):
+    """The teacher checkpoint is missing, unreadable or does not fit the teacher config."""
+
+
+def _read_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    """Reads the model weights of ``path`` (a d2kd/detectron2 ``.pth`` or a detectron2 ``.pkl``)."""
+    if not os.path.isfile(path):
+        raise TeacherCheckpointError(
+            f"teacher checkpoint not found: {path!r} (set model.teacher.weights to the "
+            "model_final.pth of a trained teacher run)"
+        )
+    try:
+        if path.endswith(".pkl"):  # detectron2 model-zoo format: numpy arrays, d2 key names
+            import pickle
+
+            with open(path, "rb") as f:
+                data = pickle.load(f, encoding="latin1")
+            model = data.get("model", data)
+            return {k: torch.as_tensor(v) for k, v in model.items()}
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated file, not a checkpoint at all, ...
+        raise TeacherCheckpointError(f"cannot read teacher checkpoint {path!r}: {e}") from e
+    if isinstance(data, Mapping) and "model" in data:
+        data = data["model"]
+    if not isinstance(data, Mapping):
+        raise TeacherCheckpointError(f"teacher checkpoint {path!r} holds no state dict")
+    return dict(data)
+
+
+def _strip_prefix(state: Dict[str, torch.Tensor], expected: Mapping[str, torch.Tensor]):
+    """Accepts checkpoints saved from a wrapper (``module.``) or a distiller (``student.``)."""
+    if set(state) & set(expected):
+        return state
+    for prefix in ("module.", "student."):
+        stripped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if set(stripped) & set(expected):
+            return stripped
+    return state
+
+
+def check_state_dict_fits(
+    state: Mapping[str, torch.Tensor], model: nn.Module, source: str, what: str = "teacher"
+) -> None:
+    """Raises :class:`TeacherCheckpointError` unless ``state`` has exactly ``model``'s keys/shapes.
+
+    The message lists the missing, unexpected and mis-shaped keys (the first few of each), and
+    says so plainly when the mismatch is the number of classes of a classification layer.
+    """
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        (k, tuple(state[k].shape), tuple(expected[k].shape))
+        for k in sorted(set(expected) & set(state))
+        if tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    if not (missing or unexpected or mismatched):
+        return
+    lines = [f"{what} checkpoint {source!r} does not fit the {what} config:"]
+    for title, items in (("missing keys", missing), ("unexpected keys", unexpected)):
+        if items:
+            more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+            lines.append(f"  {title}: {', '.join(items[:5])}{more}")
+    for k, got, want in mismatched[:5]:
+        lines.append(f"  shape of {k}: checkpoint {got}, config {want}")
+    class_keys = [m for m in mismatched if "class" in m[0] or "cls" in m[0]]
+    if class_keys:
+        k, got, want = class_keys[0]
+        lines.append(
+            f"  (the class counts differ: {k} has {got[0]} rows in the checkpoint and "
+            f"{want[0]} in the config; the models must be trained on the same classes)"
+        )
+    raise TeacherCheckpointError("\n".join(lines))
+
+
+class FrozenTeacher(nn.Module):
+    """A detector loaded from a checkpoint and frozen for distillation.
+
+    Args:
+        model: the teacher detector, already built from its config (any d2kd DETR or
+            detectron2 meta-architecture).
+        weights: path of its checkpoint. Required: an empty path is an error unless
+            ``allow_uninitialized`` is set (tests and smoke runs only), because distilling from
+            a randomly initialised teacher silently wastes a training run.
+        allow_uninitialized: accept ``weights=""`` and keep the random initialisation.
+        amp_dtype: ``"float16"`` or ``"bfloat16"`` to run the teacher under autocast on CUDA
+            (ignored on CPU); ``None`` for full precision.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        weights: str = "",
+        *,
+        allow_uninitialized: bool = False,
+        amp_dtype: Optional[str] = None,
+    ):
+        super().__init__()
+        if amp_dtype is not None and amp_dtype not in _AMP_DTYPES:
+            raise ValueError(f"teacher amp_dtype must be one of {sorted(_AMP_DTYPES)} or None")
+        self.model = model
+        self.weights = weights
+        self.amp_dtype = amp_dtype
+        if weights:
+            state = _strip_prefix(_read_state_dict(weights), model.state_dict())
+            check_state_dict_fits(state, model, weights)
+            model.load_state_dict(state, strict=True)
+            logger.info("Loaded teacher weights from %s", weights)
+        elif not allow_uninitialized:
+            raise TeacherCheckpointError(
+                "no teacher checkpoint given: set model.teacher.weights to a trained teacher's "
+                "checkpoint (model.teacher.allow_uninitialized=True skips this for smoke tests)"
+            )
+        else:
+            logger.warning("Teacher runs with random weights (allow_uninitialized=True)")
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True):
+        """The teacher stays in eval mode whatever the caller asks."""
+        return super().train(False)
+
+    def autocast(self):
+        """Context manager: no_grad, plus autocast on CUDA when ``amp_dtype`` is set."""
+        return _TeacherContext(self)
+
+    def forward(self, *args, **kwargs):
+        with self.autocast():
+            return self.model(*args, **kwargs)
+
+
+class _TeacherContext:
+    def __init__(self, teacher: FrozenTeacher):
+        self.teacher = teacher
+        self._stack = []
+
+    def __enter__(self):
+        ctxs = [torch.no_grad()]
+        device = next(self.teacher.model.parameters(), torch.empty(0)).device
+        if self.teacher.amp_dtype is not None and device.type == "cuda":
+            ctxs.append(torch.autocast("cuda", dtype=_AMP_DTYPES[self.teacher.amp_dtype]))
+        for c in ctxs:
+            c.__enter__()
+            self._stack.append(c)
+        return self.teacher.model
+
+    def __exit__(self, *exc):
+        while self._stack:
+            self._stack.pop().__exit__(*exc)
+        return False
