@@ -9,6 +9,9 @@ PYTHON := .venv/bin/python
 # every step; keeping them makes CPU training 2-5x faster (see ../shared/BASELINES.md).
 export MALLOC_MMAP_MAX_ := 0
 export MALLOC_TRIM_THRESHOLD_ := 1000000000000
+# Idle OpenMP threads sleep instead of spinning: with two processes on two cores, spinning threads
+# steal each other's core and a step gets 10-40x slower.
+export OMP_WAIT_POLICY := PASSIVE
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test bench clean-build

@@ -1,0 +1,6 @@
+# Faster R-CNN R-50-FPN on the built-in shapes data, from scratch, CPU-sized heads
+# (see faster_rcnn_R18_fpn_builtin.py).
+from .faster_rcnn_R18_fpn_builtin import dataloader, lr_multiplier, model, optimizer, train
+
+model.backbone.bottom_up.stages.depth = 50
+train.output_dir = "./output/faster_rcnn_R50_fpn_builtin"
