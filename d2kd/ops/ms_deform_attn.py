@@ -16,9 +16,18 @@ L levels, P points per level and head):
 
 Sampling is bilinear with zero padding outside the map, at pixel centres
 (``grid_sample(..., padding_mode="zeros", align_corners=False)``).
+
+The compiled kernels are the dispatcher ops ``torch.ops.d2kd.ms_deform_attn_forward`` and
+``torch.ops.d2kd.ms_deform_attn_backward`` (csrc/ms_deform_attn/: CPU, CUDA and Meta kernels);
+autograd over them is :class:`_MSDeformAttnFunction`. They take value in float32 / float64
+(CUDA also float16 / bfloat16) and the locations and weights in float32 (float64 with a float64
+value); the wrapper below converts.
 """
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from .extension import has_kernel
 
 
 def multi_scale_deformable_attention_reference(
@@ -48,6 +57,107 @@ def multi_scale_deformable_attention_reference(
     return out.view(B, H * C, Q).transpose(1, 2).contiguous()
 
 
+# Value dtypes each compiled kernel takes; others are upcast to float32 around the kernel.
+_KERNEL_DTYPES = {
+    "cpu": (torch.float32, torch.float64),
+    "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
+}
+
+
+def _kernel_available(device_type: str) -> bool:
+    """Whether ``d2kd._C`` has forward and backward kernels for ``device_type``."""
+    if device_type not in _KERNEL_DTYPES:
+        return False
+    return has_kernel("ms_deform_attn_forward", device_type) and has_kernel("ms_deform_attn_backward", device_type)
+
+
+def _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights) -> None:
+    """Raises ValueError / TypeError naming the first inconsistent input (shapes in the module
+    docstring). The level sizes are checked against S only when ``spatial_shapes`` is on the
+    CPU: reading it from a GPU would synchronise every call (the CUDA kernel bounds-checks)."""
+    if value.dim() != 4:
+        raise ValueError(f"ms_deform_attn: value must be [B, S, H, C], got shape {tuple(value.shape)}")
+    B, S, H, C = value.shape
+    if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2:
+        raise ValueError(f"ms_deform_attn: spatial_shapes must be [L, 2], got shape {tuple(spatial_shapes.shape)}")
+    L = spatial_shapes.shape[0]
+    if L < 1:
+        raise ValueError("ms_deform_attn: spatial_shapes must have at least one level")
+    if tuple(level_start_index.shape) != (L,):
+        raise ValueError(
+            f"ms_deform_attn: level_start_index must be [L] = [{L}], got shape {tuple(level_start_index.shape)}"
+        )
+    if sampling_locations.dim() != 6:
+        raise ValueError(
+            "ms_deform_attn: sampling_locations must be [B, Q, H, L, P, 2], "
+            f"got shape {tuple(sampling_locations.shape)}"
+        )
+    _, Q, _, _, P, _ = sampling_locations.shape
+    if (sampling_locations.shape[0], sampling_locations.shape[2], sampling_locations.shape[3],
+            sampling_locations.shape[5]) != (B, H, L, 2):
+        raise ValueError(
+            f"ms_deform_attn: sampling_locations must be [B, Q, H, L, P, 2] with B={B}, H={H}, L={L} "
+            f"(from value and spatial_shapes), got shape {tuple(sampling_locations.shape)}"
+        )
+    if tuple(attention_weights.shape) != (B, Q, H, L, P):
+        raise ValueError(
+            f"ms_deform_attn: attention_weights must be [B, Q, H, L, P] = {[B, Q, H, L, P]}, "
+            f"got shape {tuple(attention_weights.shape)}"
+        )
+    for name, t in (("value", value), ("sampling_locations", sampling_locations),
+                    ("attention_weights", attention_weights)):
+        if not t.is_floating_point():
+            raise TypeError(f"ms_deform_attn: {name} must be a floating-point tensor, got {t.dtype}")
+    for name, t in (("spatial_shapes", spatial_shapes), ("level_start_index", level_start_index)):
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise TypeError(f"ms_deform_attn: {name} must be an integer tensor, got {t.dtype}")
+    devices = {t.device for t in (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)}
+    if len(devices) != 1:
+        raise ValueError(
+            f"ms_deform_attn: all inputs must be on value's device ({value.device}), got spatial_shapes on "
+            f"{spatial_shapes.device}, level_start_index on {level_start_index.device}, sampling_locations on "
+            f"{sampling_locations.device}, attention_weights on {attention_weights.device}"
+        )
+    if spatial_shapes.device.type == "cpu":
+        total = 0
+        for lvl, ((h, w), start) in enumerate(zip(spatial_shapes.tolist(), level_start_index.tolist())):
+            if h < 1 or w < 1:
+                raise ValueError(f"ms_deform_attn: level {lvl} has spatial shape ({h}, {w}); sizes must be >= 1")
+            if start != total:
+                raise ValueError(
+                    f"ms_deform_attn: level_start_index[{lvl}] is {start} but levels 0..{lvl - 1} hold {total} "
+                    "tokens (level_start_index must be the running sum of H_l*W_l)"
+                )
+            total += h * w
+        if total != S:
+            raise ValueError(
+                f"ms_deform_attn: value has S={S} tokens but spatial_shapes sum to sum_l H_l*W_l = {total}"
+            )
+
+
+class _MSDeformAttnFunction(torch.autograd.Function):
+    """Autograd over ``torch.ops.d2kd.ms_deform_attn_{forward,backward}``: one backward kernel
+    gives the gradients of value, sampling_locations and attention_weights together.
+    Inputs must already be contiguous and of the kernel's dtypes (see the wrapper)."""
+
+    @staticmethod
+    def forward(ctx, value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+        ctx.save_for_backward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+        return torch.ops.d2kd.ms_deform_attn_forward(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+        )
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights = ctx.saved_tensors
+        grad_value, grad_locations, grad_weights = torch.ops.d2kd.ms_deform_attn_backward(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+            grad_output.contiguous(),
+        )
+        return grad_value, None, None, grad_locations, grad_weights
+
+
 def multi_scale_deformable_attention(
     value: torch.Tensor,
     spatial_shapes: torch.Tensor,
@@ -57,10 +167,35 @@ def multi_scale_deformable_attention(
 ) -> torch.Tensor:
     """Multi-scale deformable attention; compiled kernel when available, else the reference.
 
-    Shapes as in the module docstring. Differentiable w.r.t. ``value``, ``sampling_locations``
-    and ``attention_weights``.
+    Shapes as in the module docstring; the output has value's dtype. Differentiable w.r.t.
+    ``value``, ``sampling_locations`` and ``attention_weights``. Inputs may be non-contiguous.
+
+    The compiled kernel runs when ``d2kd._C`` has one for the input's device: on the CPU for
+    float32 / float64 values (half precision is upcast to float32 around it), on CUDA also for
+    float16 / bfloat16 values (sampled at float32 coordinates, accumulated in float32).
+    Otherwise (no extension, or none built for this device) the reference runs.
+
+    Raises:
+        ValueError: on inconsistent shapes or devices (for inputs on the CPU also when
+            ``S != sum_l H_l*W_l`` or ``level_start_index`` is not the running sum of the sizes).
+        TypeError: on non-floating inputs or non-integer ``spatial_shapes``/``level_start_index``.
     """
-    # Placeholder until the compiled kernels land: the reference is exact, only slower.
-    return multi_scale_deformable_attention_reference(
-        value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+    _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    device_type = value.device.type
+    if not _kernel_available(device_type):
+        dtype = value.dtype
+        return multi_scale_deformable_attention_reference(
+            value, spatial_shapes, level_start_index, sampling_locations.to(dtype), attention_weights.to(dtype)
+        )
+    out_dtype = value.dtype
+    if value.dtype not in _KERNEL_DTYPES[device_type]:
+        value = value.float()
+    coord_dtype = torch.float64 if value.dtype == torch.float64 else torch.float32
+    out = _MSDeformAttnFunction.apply(
+        value.contiguous(),
+        spatial_shapes.to(torch.int64).contiguous(),
+        level_start_index.to(torch.int64).contiguous(),
+        sampling_locations.to(coord_dtype).contiguous(),
+        attention_weights.to(coord_dtype).contiguous(),
     )
+    return out.to(out_dtype)
