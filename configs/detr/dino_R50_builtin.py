@@ -1,0 +1,37 @@
+# DINO R-50 on the built-in shapes data (192 px, 12 classes), from scratch, CPU-sized: the
+# *teacher* of the CPU distillation demos. Compared with dino_R50_4scale_12ep.py: BatchNorm
+# ResNet trained from scratch (full lr), 3 encoder / 4 decoder layers, FFN 1024, 200 queries,
+# 50 denoising queries, batch 4, AdamW lr 1e-3 (from scratch at batch 4 this learns several times
+# faster than the paper's 1e-4), short schedule with a brief warmup. Width 256, 4 levels, losses,
+# matcher and gradient clipping as the paper.
+from ..common.data.builtin import NUM_CLASSES, dataloader
+from ..common.models.dino import model
+from ..common.optim import AdamW as optimizer
+from ..common.schedule import multistep
+from ..common.train import train
+
+model.backbone.bottom_up.stages.norm = "BN"
+model.backbone.bottom_up.freeze_at = 0
+model.num_classes = NUM_CLASSES
+model.num_queries = 200
+model.select_topk = 100
+model.encoder.num_layers = 3
+model.decoder.num_layers = 4
+model.encoder.ffn_dim = 1024
+model.decoder.ffn_dim = 1024
+model.denoising.num_queries = 50
+# the built-in data loader yields BGR images (detectron2's default)
+model.pixel_mean = [103.530, 116.280, 123.675]
+model.pixel_std = [57.375, 57.120, 58.395]
+
+optimizer.lr = 1e-3
+optimizer.weight_decay = 1e-4
+
+train.max_iter = 3000
+lr_multiplier = multistep(train.max_iter, steps=(0.75, 0.9), warmup_iters=100)
+train.clip_grad.enabled = True
+train.clip_grad.max_norm = 0.1
+train.eval_period = 1000
+train.checkpointer.period = 500
+train.checkpointer.max_to_keep = 3
+train.output_dir = "./output/dino_R50_builtin"

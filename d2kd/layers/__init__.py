@@ -1,0 +1,16 @@
+"""Reusable neural-network pieces of the DETR family."""
+from .box_ops import (
+    box_cxcywh_to_xyxy,
+    box_xyxy_to_cxcywh,
+    generalized_box_iou,
+    inverse_sigmoid,
+    pairwise_box_iou,
+    pairwise_generalized_box_iou,
+)
+from .deformable_layers import DeformableDecoderLayer, DeformableEncoderLayer, FeedForward
+from .focal_loss import focal_class_cost, prior_bias, sigmoid_focal_loss
+from .mlp import MLP
+from .ms_deform_attn import MultiScaleDeformableAttention
+from .position_embedding import PositionEmbeddingSine, box_sine_embedding, sine_embedding
+
+__all__ = [k for k in globals().keys() if not k.startswith("_")]

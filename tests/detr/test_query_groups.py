@@ -1,0 +1,117 @@
+"""Query groups decoded in one pass stay isolated: the self-attention mask is the only thing
+that couples them, and it lets through exactly what ``sees`` allows."""
+import dataclasses
+
+import pytest
+import torch
+
+from d2kd.detr import QueryGroup, group_attention_mask
+
+ATOL = 1e-5
+
+
+def _prepare(model, inputs):
+    images = model.preprocess_image(inputs)
+    targets = model.prepare_targets(inputs)
+    enc = model.encode(images)
+    det, _ = model.make_detection_queries(enc)
+    return images, targets, enc, det
+
+
+def _same(a, b):
+    return all(torch.allclose(x, y, atol=ATOL) for x, y in
+               ((a.logits, b.logits), (a.boxes, b.boxes), (a.hidden, b.hidden), (a.references, b.references)))
+
+
+def _perturbed(group, rows=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(group.content.shape, generator=g)
+    if rows is not None:
+        keep = torch.ones(group.content.shape[1], dtype=torch.bool)
+        keep[rows] = False
+        noise[:, keep] = 0
+    return dataclasses.replace(group, content=group.content + noise,
+                               anchor_logits=group.anchor_logits + 0.5 * noise[..., :4])
+
+
+def _extra_group(det, n=5, name="kd", sees=()):
+    B, _, C = det.content.shape
+    g = torch.Generator().manual_seed(7)
+    return QueryGroup(name, torch.randn(B, n, C, generator=g), torch.randn(B, n, 4, generator=g), sees=sees)
+
+
+def test_mask_layout():
+    def group(name, n, **kw):
+        return QueryGroup(name, torch.zeros(1, n, 2), torch.zeros(1, n, 4), **kw)
+
+    inner = torch.ones(3, 3, dtype=torch.bool)
+    mask = group_attention_mask([group("det", 2), group("dn", 3, internal_mask=inner, sees=("det",)), group("kd", 1)])
+    allowed = ~mask
+    assert allowed[:2, :2].all() and not allowed[:2, 2:].any()  # det sees only itself
+    assert allowed[2:5, :2].all()  # dn sees det
+    assert torch.equal(allowed[2:5, 2:5], torch.eye(3, dtype=torch.bool))  # internal mask, self kept
+    assert not allowed[2:5, 5:].any() and not allowed[5, :5].any() and allowed[5, 5]
+    assert group_attention_mask([group("det", 2)]) is None
+    with pytest.raises(ValueError, match="unique"):
+        group_attention_mask([group("a", 1), group("a", 1)])
+    with pytest.raises(ValueError, match="unknown"):
+        group_attention_mask([group("a", 1, sees=("b",))])
+
+
+def test_denoising_mask_stops_leakage(build_model, inputs):
+    model = build_model("dino").train()
+    with torch.no_grad():
+        _, targets, enc, det = _prepare(model, inputs)
+        dn, meta = model.make_denoising_queries(targets, det)
+        assert meta["num_groups"] == 2 and len(dn) == 2 * 2 * 3  # 6 // 3 objects, pos + neg
+        base = model.decode(enc, [det, dn])
+        alone = model.decode(enc, [det])
+        assert _same(base["det"], alone["det"])
+        # changing the denoising queries changes no detection output ...
+        moved = model.decode(enc, [det, _perturbed(dn)])
+        assert _same(moved["det"], base["det"])
+        assert not torch.allclose(moved["dn"].hidden, base["dn"].hidden, atol=ATOL)
+        # ... nor the other denoising groups (group 0 = queries 0..5)
+        moved = model.decode(enc, [det, _perturbed(dn, rows=list(range(6)))])
+        assert torch.allclose(moved["dn"].hidden[:, :, 6:], base["dn"].hidden[:, :, 6:], atol=ATOL)
+        assert not torch.allclose(moved["dn"].hidden[:, :, :6], base["dn"].hidden[:, :, :6], atol=ATOL)
+        # while the denoising queries do see the detection queries (DN-DETR)
+        moved = model.decode(enc, [_perturbed(det, rows=[0]), dn])
+        assert not torch.allclose(moved["dn"].hidden, base["dn"].hidden, atol=ATOL)
+
+
+@pytest.mark.parametrize("name", ["dino", "deformable_detr"])
+def test_extra_group_is_isolated_and_decodes_as_alone(build_model, inputs, name):
+    model = build_model(name).eval()
+    with torch.no_grad():
+        _, _, enc, det = _prepare(model, inputs)
+        extra = _extra_group(det)
+        alone_det = model.decode(enc, [det])["det"]
+        alone_extra = model.decode(enc, [extra])["kd"]
+        joint = model.decode(enc, [det, extra])
+        assert _same(joint["det"], alone_det)
+        assert _same(joint["kd"], alone_extra)
+        moved = model.decode(enc, [det, _perturbed(extra)])
+        assert _same(moved["det"], alone_det)
+        # a group that sees the detection queries depends on them, and they still do not see it
+        seeing = dataclasses.replace(extra, name="kd2", sees=("det",))
+        joint = model.decode(enc, [det, seeing])
+        assert _same(joint["det"], alone_det)
+        assert not torch.allclose(joint["kd2"].hidden, alone_extra.hidden, atol=ATOL)
+
+
+def test_run_with_extra_groups(build_model, inputs):
+    model = build_model("dino").eval()
+    images = model.preprocess_image(inputs)
+    calls = []
+
+    def extra(enc, det):
+        calls.append((enc, det))
+        return [_extra_group(det, n=4)]
+
+    with torch.no_grad():
+        plain = model.run(images)
+        record = model.run(images, extra_groups=extra)
+    assert len(calls) == 1 and calls[0][1] is record.queries
+    assert set(record.groups) == {"kd"} and record.groups["kd"].logits.shape[:3] == (2, 2, 4)
+    assert _same(record.outputs, plain.outputs)
