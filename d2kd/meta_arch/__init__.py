@@ -1,5 +1,8 @@
 """Distillation meta-architectures: a frozen teacher and a student in one detectron2 model."""
-from .base import DistillerBase, student_weights
+from .base import DistillerBase, normalized_targets, student_weights
+from .distill_detr import DistillDETR
+from .hetero_distill import HeteroDistill
 from .teacher import FrozenTeacher, TeacherCheckpointError, check_state_dict_fits
+from .views import DetectorView, model_family, rcnn_predict_at, run_detector
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]

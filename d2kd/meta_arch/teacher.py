@@ -107,6 +107,10 @@ class FrozenTeacher(nn.Module):
         allow_uninitialized: accept ``weights=""`` and keep the random initialisation.
         amp_dtype: ``"float16"`` or ``"bfloat16"`` to run the teacher under autocast on CUDA
             (ignored on CPU); ``None`` for full precision.
+        flip_channels: the teacher was trained on the other channel order (RGB vs BGR) than the
+            one the data loader gives the student: reverse the image channels before the teacher
+            sees them (e.g. an MSRA-initialised BGR teacher with a torchvision-initialised RGB
+            student).
     """
 
     def __init__(
@@ -116,6 +120,7 @@ class FrozenTeacher(nn.Module):
         *,
         allow_uninitialized: bool = False,
         amp_dtype: Optional[str] = None,
+        flip_channels: bool = False,
     ):
         super().__init__()
         if amp_dtype is not None and amp_dtype not in _AMP_DTYPES:
@@ -123,6 +128,7 @@ class FrozenTeacher(nn.Module):
         self.model = model
         self.weights = weights
         self.amp_dtype = amp_dtype
+        self.flip_channels = flip_channels
         if weights:
             state = _strip_prefix(_read_state_dict(weights), model.state_dict())
             check_state_dict_fits(state, model, weights)
@@ -142,6 +148,13 @@ class FrozenTeacher(nn.Module):
     def train(self, mode: bool = True):
         """The teacher stays in eval mode whatever the caller asks."""
         return super().train(False)
+
+    def prepare_inputs(self, batched_inputs):
+        """The detectron2 inputs as the teacher expects them (channels reversed if
+        ``flip_channels``; the dicts are shallow copies, the student's inputs are untouched)."""
+        if not self.flip_channels:
+            return batched_inputs
+        return [dict(x, image=x["image"].flip(0)) for x in batched_inputs]
 
     def autocast(self):
         """Context manager: no_grad, plus autocast on CUDA when ``amp_dtype`` is set."""

@@ -171,3 +171,13 @@ def test_export_of_plain_checkpoint_is_refused(tmp_path):
         export_student(path, str(tmp_path / "out.pth"))
     with pytest.raises(ValueError):
         student_weights({"backbone.weight": torch.zeros(1)})
+
+
+def test_flip_channels_reverses_only_the_teachers_images(teacher_ckpt):
+    image = torch.arange(3 * 2 * 2, dtype=torch.uint8).view(3, 2, 2)
+    inputs = [{"image": image, "height": 2, "width": 2}]
+    teacher = FrozenTeacher(TinyDetector(), teacher_ckpt, flip_channels=True)
+    seen = teacher.prepare_inputs(inputs)
+    assert torch.equal(seen[0]["image"], image.flip(0))
+    assert inputs[0]["image"] is image  # the student's input is untouched
+    assert FrozenTeacher(TinyDetector(), teacher_ckpt).prepare_inputs(inputs) is inputs

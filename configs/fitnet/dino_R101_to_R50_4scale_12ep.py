@@ -1,0 +1,34 @@
+# FitNet (Romero et al. 2015) on DETR encoder outputs, COCO: DINO-4scale R-101
+# (../detr/dino_R101_4scale_12ep.py) -> DINO-4scale R-50 (../detr/dino_R50_4scale_12ep.py), the
+# student's recipe and 12-epoch schedule unchanged. The 4 encoder-output levels (strides 8..64)
+# paired by stride, 1x1-conv adapters 256 -> 256, padded cells excluded, weight 1.
+# Teacher checkpoint (model.teacher.weights): default output/dino_R101_4scale_12ep/model_final.pth
+# (python train_net.py --config-file configs/detr/dino_R101_4scale_12ep.py --num-gpus 8).
+from detectron2.config import LazyCall as L
+
+from d2kd.distill.fitnet import FitNet
+from d2kd.meta_arch import DistillDETR, FrozenTeacher
+
+from ..detr.dino_R101_4scale_12ep import model as _teacher
+from ..detr.dino_R50_4scale_12ep import dataloader, lr_multiplier, optimizer, train
+from ..detr.dino_R50_4scale_12ep import model as _student
+
+model = L(DistillDETR)(
+    student=_student,
+    teacher=L(FrozenTeacher)(model=_teacher, weights="output/dino_R101_4scale_12ep/model_final.pth"),
+    losses={
+        "fitnet": L(FitNet)(
+            student_channels="${model.student.embed_dim}",
+            teacher_channels="${model.teacher.model.embed_dim}",
+            num_levels="${model.student.num_feature_levels}",
+            weight=1.0,
+            source="features",
+        ),
+    },
+    max_iter="${train.max_iter}",
+)
+
+# train.init_checkpoint (ImageNet R-50) reaches student.backbone.* by detectron2's suffix matching.
+train.output_dir = "./output/fitnet/dino_R101_to_R50_4scale_12ep"
+# the config smoke test (tests/configs) runs a smaller query set: 900 queries are slow on a CPU
+smoke_test = dict(overrides=["model.teacher.model.num_queries=100", "model.student.num_queries=100"])

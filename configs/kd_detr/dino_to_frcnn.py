@@ -1,0 +1,57 @@
+# KD-DETR, heterogeneous (Wang et al., CVPR 2024, Sec. 4.4: +2.1 AP): DINO-4scale R-50 teacher
+# (../detr/dino_R50_4scale_12ep.py) -> Faster R-CNN R-50-FPN student, COCO 1x (SGD 0.02, batch
+# 16, 90k iterations, as ../baselines/faster_rcnn_R50_fpn_1x.py).
+#   python train_net.py --config-file configs/kd_detr/dino_to_frcnn.py --num-gpus 8
+# Distillation points per image: 300 general boxes (uniform centres, log-uniform sizes, clipped
+# to the image, fresh every step) + the teacher's 300 top-scoring proposals. The teacher decodes
+# them as anchor queries (isolated from its detection queries); the student's box head runs on
+# them as extra RoIs (not sampled, not matched, its RPN/RoI losses untouched). Class: KL from the
+# teacher's sigmoid scores mapped to K+1 classes (foreground mass = best score, split by the
+# per-class scores; background = the rest) to the student's softmax; boxes: the student's box
+# for the teacher's top class, L1 5 + GIoU 2; each point weighted by the teacher's best score.
+#
+# Teacher checkpoint (model.teacher.weights): default output/dino_R50_4scale_12ep/model_final.pth
+# (python train_net.py --config-file configs/detr/dino_R50_4scale_12ep.py --num-gpus 8).
+# Input format: DINO was trained on RGB (torchvision weights); so that both models see the images
+# they expect, the student starts from torchvision's R-50 (RGB, torchvision statistics, as
+# mmdetection's Faster R-CNN) instead of the MSRA R-50 of baselines/faster_rcnn_R50_fpn_1x.py.
+# Its baseline, for the AP gain: ../baselines/faster_rcnn_R50_fpn_1x.py with the same student
+# overrides as below (stride_in_1x1=False, RGB statistics and input format, torchvision R-50).
+from detectron2.config import LazyCall as L
+
+from d2kd.distill.kd_detr import KDDETR
+from d2kd.engine.model_zoo import pretrained_weights
+from d2kd.meta_arch import FrozenTeacher, HeteroDistill
+
+from ..baselines.faster_rcnn_R50_fpn_1x import dataloader, lr_multiplier, optimizer, train
+from ..baselines.faster_rcnn_R50_fpn_1x import model as _student
+from ..detr.dino_R50_4scale_12ep import model as _teacher
+from ..detr.dino_R50_4scale_12ep import train as _teacher_train
+
+_student.backbone.bottom_up.stages.stride_in_1x1 = False
+_student.pixel_mean = [123.675, 116.280, 103.530]
+_student.pixel_std = [58.395, 57.120, 57.375]
+_student.input_format = "RGB"
+dataloader.train.mapper.image_format = "RGB"  # the test mapper follows
+train.init_checkpoint = pretrained_weights("ImageNetPretrained/torchvision/R-50.pkl")
+
+model = L(HeteroDistill)(
+    student=_student,
+    teacher=L(FrozenTeacher)(model=_teacher, weights=_teacher_train.output_dir + "/model_final.pth"),
+    losses={
+        "kd_detr": L(KDDETR)(
+            name="kd_detr",
+            num_general=300,
+            num_specific=300,
+            general_weight=(1.0, 0.5),
+            specific_weight=(0.5, 1.0),
+        ),
+    },
+    max_iter="${train.max_iter}",
+)
+
+train.output_dir = "./output/kd_detr/dino_to_frcnn"
+
+# The config smoke test (tests/configs) runs one CPU step: fewer queries and points there.
+smoke_test = dict(overrides=["model.teacher.model.num_queries=100", "model.losses.kd_detr.num_general=50",
+                             "model.losses.kd_detr.num_specific=50"])

@@ -1,0 +1,21 @@
+# KD-DETR DINO-4scale R-50 -> Faster R-CNN R-50 on COCO, *offline*: the twin of dino_to_frcnn.py
+# that reads the teacher's predictions at fixed distillation points per image and view from a
+# store (general points drawn once per stored image-view instead of every step).
+#   python -m d2kd.tools.dump_knowledge --config-file configs/kd_detr/dino_to_frcnn_offline.py
+#       (once: writes the store)
+#   python train_net.py --config-file configs/kd_detr/dino_to_frcnn_offline.py
+#       (trains with no teacher forward)
+# The store holds K = 2 views per image (resize + flip, d2kd.offline.views) and is checked against
+# this config: teacher (config + sha256 of model.teacher.weights), data set, method settings,
+# image format. model.teacher.store / dataloader.train.store name it (both default to STORE).
+from d2kd.offline.config import make_offline
+
+from .dino_to_frcnn import dataloader, lr_multiplier, model, optimizer, train
+
+STORE = "./output/knowledge/kd_detr_dino_to_frcnn"
+make_offline(model, dataloader, STORE)
+train.output_dir = train.output_dir + "_offline"
+
+# The config smoke test has no store: the offline teacher computes each step's knowledge
+# through the store's encoding instead (OfflineTeacher(simulate=True)).
+smoke_test = dict(overrides=["model.teacher.simulate=True"], skip="")

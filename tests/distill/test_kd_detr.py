@@ -1,0 +1,447 @@
+"""KD-DETR (d2kd/distill/kd_detr.py): loss terms by hand, the points, isolation from detection,
+the general-to-specific schedule, heterogeneous students, offline == online, a config smoke."""
+import copy
+import math
+import os
+
+import pytest
+import torch
+from detectron2.config import LazyConfig, instantiate
+from detectron2.layers import ShapeSpec
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+from d2kd.distill.base import DistillStep
+from d2kd.distill.kd_detr import (
+    KDDETR,
+    box_distillation,
+    general_to_specific_weights,
+    sample_general_points,
+    sigmoid_class_distillation,
+    sigmoid_to_softmax_targets,
+    softmax_class_distillation,
+    weighted_point_mean,
+)
+from d2kd.meta_arch import DistillDETR, FrozenTeacher, HeteroDistill, TeacherCheckpointError, run_detector
+from d2kd.meta_arch.base import normalized_targets
+from d2kd.meta_arch.views import group_hook
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+NUM_CLASSES = 3
+
+
+# ------------------------------------------------------------------------- tiny models, inputs
+def _load(name):
+    return LazyConfig.load(os.path.join(ROOT, "configs", "common", "models", f"{name}.py")).model
+
+
+def _resnet18(backbone_cfg):
+    backbone_cfg.bottom_up.stages.depth = 18
+    backbone_cfg.bottom_up.stages.norm = "BN"
+    backbone_cfg.bottom_up.freeze_at = 0
+
+
+def tiny_dino(width=32, num_queries=12, dec_layers=2, seed=0):
+    cfg = _load("dino")
+    _resnet18(cfg.backbone)
+    cfg.num_classes, cfg.num_queries, cfg.embed_dim = NUM_CLASSES, num_queries, width
+    cfg.encoder.num_layers, cfg.decoder.num_layers = 1, dec_layers
+    cfg.encoder.ffn_dim = cfg.decoder.ffn_dim = 2 * width
+    cfg.denoising.num_queries = 6
+    torch.manual_seed(seed)
+    model = instantiate(cfg)
+    # DETR box heads start at zero deltas (every layer predicts its reference box), which
+    # would make untrained teacher and student agree on every box
+    for head in model.decoder.box_heads:
+        torch.nn.init.normal_(head.layers[-1].weight, std=0.1)
+    return model
+
+
+def tiny_detectron2(name, seed=0):
+    cfg = _load(name)
+    _resnet18(cfg.backbone)
+    cfg.backbone.bottom_up.stem.norm = "BN"
+    cfg.backbone.out_channels = 32
+    if name == "faster_rcnn_fpn":
+        cfg.roi_heads.num_classes = NUM_CLASSES
+        cfg.roi_heads.batch_size_per_image = 32
+        cfg.roi_heads.box_head.fc_dims = [64, 64]
+        cfg.roi_heads.box_predictor.input_shape.channels = 64
+        cfg.proposal_generator.anchor_generator.sizes = [[8], [16], [32], [64], [128]]
+        cfg.proposal_generator.pre_nms_topk = (200, 100)
+        cfg.proposal_generator.post_nms_topk = (100, 50)
+    else:  # retinanet, fcos
+        cfg.num_classes = NUM_CLASSES
+        cfg.head.input_shape = [ShapeSpec(channels=32)] * 5
+        cfg.head.conv_dims = [32]
+        if name == "retinanet":
+            cfg.anchor_generator.sizes = [[x, x * 2 ** (1 / 3), x * 2 ** (2 / 3)] for x in [8, 16, 32, 64, 128]]
+    torch.manual_seed(seed)
+    return instantiate(cfg)
+
+
+def make_input(height, width, num_objects, seed):
+    g = torch.Generator().manual_seed(seed)
+    image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=g)
+    inst = Instances((height, width))
+    xy = torch.rand(num_objects, 2, generator=g) * torch.tensor([width * 0.6, height * 0.6])
+    wh = 8 + torch.rand(num_objects, 2, generator=g) * torch.tensor([width * 0.3, height * 0.3])
+    inst.gt_boxes = Boxes(torch.cat([xy, xy + wh], dim=1))
+    inst.gt_classes = torch.randint(0, NUM_CLASSES, (num_objects,), generator=g)
+    return {"image": image, "instances": inst, "height": height, "width": width}
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    """Two images of different sizes (one is padded), 3 and 1 objects."""
+    return [make_input(64, 80, 3, seed=1), make_input(48, 64, 1, seed=2)]
+
+
+@pytest.fixture(scope="module")
+def dino_teacher():
+    """Wider, more queries and more decoder layers than the students."""
+    return FrozenTeacher(tiny_dino(width=64, num_queries=16, dec_layers=3, seed=1), allow_uninitialized=True)
+
+
+def kd(**kw):
+    kw.setdefault("num_general", 8)
+    return KDDETR(**kw)
+
+
+def detr_distiller(teacher, **kw):
+    return DistillDETR(student=tiny_dino(), teacher=teacher, losses={"kd_detr": kd(**kw)}, max_iter=100)
+
+
+def manual_step(distiller, inputs, knowledge=None, student_seed=0):
+    """What DistillerBase.forward_train does, with the step kept (online, or offline from
+    ``knowledge``). Returns (step, student losses, kd losses)."""
+    methods = list(distiller.distill_losses.values())
+    step = DistillStep(inputs, normalized_targets(inputs, distiller.device), 0, distiller.max_iter,
+                       knowledge=knowledge)
+    if knowledge is None:
+        with distiller.teacher.autocast() as teacher:
+            _, step.teacher = run_detector(teacher, inputs, with_losses=False,
+                                           extra_groups=group_hook(methods, step, "teacher"))
+    torch.manual_seed(student_seed)  # the student's denoising noise
+    losses, step.student = run_detector(distiller.student, inputs, with_losses=True,
+                                        extra_groups=group_hook(methods, step, "student"))
+    kd_losses = {}
+    for method in methods:
+        kd_losses.update(method(step))
+    return step, losses, kd_losses
+
+
+# ------------------------------------------------------------------------- loss terms by hand
+def test_sigmoid_class_terms_by_hand():
+    s = torch.tensor([[0.0, 1.0]])
+    t = torch.tensor([[1.0, -1.0]])
+
+    def sig(x):
+        return 1 / (1 + math.exp(-x))
+
+    def bern_kl(p, q):  # KL(Bernoulli(p) || Bernoulli(q))
+        return p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))
+
+    expected = bern_kl(sig(1.0), sig(0.0)) + bern_kl(sig(-1.0), sig(1.0))
+    assert sigmoid_class_distillation(s, t, "bce").item() == pytest.approx(expected, rel=1e-5)
+    assert sigmoid_class_distillation(t, t, "bce").abs().item() < 1e-6
+    # KL over softmax(./T), times T^2
+    T = 10.0
+    pt = torch.tensor([1.0, -1.0]).div(T).softmax(0)
+    ps = torch.tensor([0.0, 1.0]).div(T).softmax(0)
+    expected = T * T * float((pt * (pt / ps).log()).sum())
+    assert sigmoid_class_distillation(s, t, "kl", T).item() == pytest.approx(expected, rel=1e-5)
+    # softmax KL ignores a shift of all logits, the binary KL does not (why "bce" is the default)
+    assert sigmoid_class_distillation(t + 3, t, "kl", T).item() == pytest.approx(0.0, abs=1e-6)
+    assert sigmoid_class_distillation(t + 3, t, "bce").item() > 0.5
+
+
+def test_softmax_map_and_its_kl_by_hand():
+    t = torch.tensor([[0.0, math.log(1 / 3)]])  # sigmoid: 0.5, 0.25
+    q = sigmoid_to_softmax_targets(t)
+    assert torch.allclose(q, torch.tensor([[1 / 3, 1 / 6, 1 / 2]]), atol=1e-6)
+    s = torch.tensor([[0.0, 0.0, 0.0]])  # uniform over K + 1 = 3
+    expected = sum(p * math.log(p * 3) for p in (1 / 3, 1 / 6, 1 / 2))
+    assert softmax_class_distillation(s, q).item() == pytest.approx(expected, rel=1e-5)
+    assert softmax_class_distillation(q.log(), q).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_box_terms_by_hand():
+    s = torch.tensor([[0.5, 0.5, 0.2, 0.2]])  # xyxy 0.4 0.4 0.6 0.6
+    t = torch.tensor([[0.55, 0.5, 0.2, 0.2]])  # xyxy 0.45 0.4 0.65 0.6
+    l1, giou = box_distillation(s, t)
+    assert l1.item() == pytest.approx(0.05 / 4)
+    # intersection 0.15 x 0.2 = 0.03, union 0.05, hull 0.25 x 0.2 = 0.05: GIoU = IoU = 0.6
+    assert giou.item() == pytest.approx(0.4, rel=1e-5)
+
+
+def test_foreground_weighting_by_hand():
+    values = torch.tensor([[1.0, 3.0], [2.0, 2.0]])  # 2 layers x 2 points
+    weights = torch.tensor([0.25, 0.75])
+    # layer 0: (0.25 + 2.25) / 1 = 2.5; layer 1: 2
+    assert weighted_point_mean(values, weights).item() == pytest.approx(4.5)
+
+
+def test_method_terms_by_hand():
+    """_sigmoid_terms = weights x foreground-weighted means, summed over student layers."""
+    method = kd()
+    t_logits = torch.tensor([[[0.0, -10.0, -10.0], [math.log(3), -10.0, -10.0]]])  # max p: 0.5, 0.75
+    t_boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.2, 0.2]]])
+    s_logits = torch.stack([t_logits, t_logits + 1])  # [D=2, B=1, N=2, K=3]
+    s_boxes = torch.stack([t_boxes, t_boxes + torch.tensor([0.05, 0, 0, 0])])
+    terms = method._sigmoid_terms(s_logits, s_boxes, t_logits, t_boxes)
+    w = torch.tensor([0.5, 0.75])
+    cls1 = sigmoid_class_distillation(t_logits[0] + 1, t_logits[0])
+    assert terms["cls"].item() == pytest.approx(float((cls1 * w).sum() / w.sum()), rel=1e-5)
+    assert terms["bbox"].item() == pytest.approx(0.05 / 4, rel=1e-5)  # same shift on both points
+    assert terms["giou"].item() == pytest.approx(0.4, rel=1e-4)
+
+
+def test_general_to_specific_schedule():
+    assert general_to_specific_weights(0.0) == (1.0, 0.5)
+    assert general_to_specific_weights(0.5) == (0.75, 0.75)
+    assert general_to_specific_weights(1.0) == (0.5, 1.0)
+    # a window: constant before and after it
+    assert general_to_specific_weights(0.1, (1.0, 0.0), (0.0, 1.0), anneal=(0.2, 0.6)) == (1.0, 0.0)
+    assert general_to_specific_weights(0.4, (1.0, 0.0), (0.0, 1.0), anneal=(0.2, 0.6)) == pytest.approx((0.5, 0.5))
+    assert general_to_specific_weights(0.9, (1.0, 0.0), (0.0, 1.0), anneal=(0.2, 0.6)) == (0.0, 1.0)
+    assert general_to_specific_weights(0.3, 1.0, 1.0) == (1.0, 1.0)  # the reference: constant
+    method = kd(general_weight=0.0)
+    assert method.groups == ("specific",) and method.group_weights(0.2) == {"specific": 0.6}
+    assert kd(specific_weight=0).groups == ("general",)
+    with pytest.raises(ValueError, match="both groups are off"):
+        kd(general_weight=0, specific_weight=0)
+
+
+def test_general_points_cover_the_image():
+    g = torch.Generator().manual_seed(0)
+    pts = sample_general_points(2, 4000, generator=g)
+    assert pts.shape == (2, 4000, 4)
+    xyxy = torch.cat([pts[..., :2] - pts[..., 2:] / 2, pts[..., :2] + pts[..., 2:] / 2], -1)
+    assert (xyxy >= -1e-6).all() and (xyxy <= 1 + 1e-6).all() and (pts[..., 2:] > 0).all()
+    # centres spread over the whole image, unlike the reference's N(0, 1) logits
+    corner = ((pts[..., 0] < 0.1) & (pts[..., 1] < 0.1)).float().mean()
+    assert 0.005 < corner < 0.02  # 1% of the area
+    normal = sample_general_points(2, 4000, distribution="normal", generator=g)
+    assert ((normal[..., 0] < 0.1) & (normal[..., 1] < 0.1)).float().mean() < 0.001
+    assert torch.equal(sample_general_points(1, 5, generator=torch.Generator().manual_seed(3)),
+                       sample_general_points(1, 5, generator=torch.Generator().manual_seed(3)))
+
+
+# ------------------------------------------------------------------------- DETR -> DETR
+@pytest.fixture(scope="module")
+def online(dino_teacher, inputs):
+    distiller = detr_distiller(dino_teacher, num_specific=10).train()
+    with EventStorage(0):
+        step, losses, kd_losses = manual_step(distiller, inputs)
+    return distiller, step, losses, kd_losses
+
+
+def test_same_points_reach_teacher_and_student(online):
+    _, step, _, kd_losses = online
+    points = step.cache["kd_detr"]
+    assert points["general"].shape == (2, 8, 4) and points["specific"].shape == (2, 10, 4)
+    # the teacher's specific points are its own top-10 detection anchors (ranked proposals)
+    assert torch.allclose(points["specific"], step.teacher.record.queries.anchor_logits[:, :10].sigmoid())
+    for g in ("general", "specific"):
+        t, s = step.teacher.record.groups[f"kd_detr_{g}"], step.student.record.groups[f"kd_detr_{g}"]
+        assert torch.equal(t.references[0], s.references[0])  # layer 0 starts from the anchors
+        assert torch.allclose(t.references[0], points[g], atol=1e-4)
+        assert t.logits.shape[0] == 3 and s.logits.shape[0] == 2  # teacher 3 layers, student 2
+        assert s.hidden.shape[-1] == 32 and t.hidden.shape[-1] == 64
+    assert "dn" not in step.teacher.record.groups and "dn" in step.student.record.groups
+    expected = {f"loss_kd_kddetr_{g}_{t}" for g in ("general", "specific") for t in ("cls", "bbox", "giou")}
+    assert set(kd_losses) == expected
+    assert all(torch.isfinite(v) and v > 0 for v in kd_losses.values())
+
+
+def test_loss_is_every_student_layer_against_the_teachers_last(online):
+    distiller, step, _, kd_losses = online
+    method = distiller.distill_losses["kd_detr"]
+    t = step.teacher.record.groups["kd_detr_general"]
+    s = step.student.record.groups["kd_detr_general"]
+    manual = method._sigmoid_terms(s.logits, s.boxes, t.logits[-1], t.boxes[-1])
+    w_general = 1.0  # progress 0
+    assert kd_losses["loss_kd_kddetr_general_giou"].item() == pytest.approx(2 * w_general * manual["giou"].item())
+    assert kd_losses["loss_kd_kddetr_specific_bbox"].item() > 0
+
+
+def test_schedule_moves_weight_from_general_to_specific(online):
+    distiller, step, _, at_start = online
+    method = distiller.distill_losses["kd_detr"]
+    late = copy.copy(step)
+    late.iteration = step.max_iter  # progress 1: general 1 -> 0.5, specific 0.5 -> 1
+    at_end = method(late)
+    for k, v in at_start.items():
+        factor = 0.5 if "_general_" in k else 2.0
+        assert at_end[k].item() == pytest.approx(factor * v.item(), rel=1e-5), k
+
+
+@pytest.mark.parametrize("options", [dict(content="mean", class_loss="kl", distribution="normal"),
+                                     dict(specific_weight=0), dict(general_weight=0, num_specific=4)])
+def test_options_train(dino_teacher, inputs, options):
+    distiller = detr_distiller(dino_teacher, **options).train()
+    with EventStorage(0):
+        losses = distiller(inputs)
+    kd_terms = {k: v for k, v in losses.items() if k.startswith("loss_kd_")}
+    groups = {k.split("_")[3] for k in kd_terms}
+    expected = {"general", "specific"} - {g for g in ("general", "specific") if options.get(f"{g}_weight") == 0}
+    assert groups == expected and len(kd_terms) == 3 * len(expected)
+    assert all(torch.isfinite(v) for v in kd_terms.values())
+
+
+def test_kd_queries_change_no_detection_output_or_matching(online, inputs):
+    distiller, step, losses, _ = online
+    student = distiller.student
+    with EventStorage(0):
+        torch.manual_seed(0)
+        plain_losses, plain = run_detector(student, inputs, with_losses=True)
+        # other points for the KD groups: still the same detection outputs
+        moved = DistillStep(inputs, step.targets, cache={"kd_detr": {
+            g: (p + 0.05).clamp(0.01, 0.99) for g, p in step.cache["kd_detr"].items()}})
+        torch.manual_seed(0)
+        moved_losses, moved_view = run_detector(student, inputs, with_losses=True, extra_groups=group_hook(
+            list(distiller.distill_losses.values()), moved, "student"))
+    for view in (plain, moved_view):
+        assert torch.allclose(view.record.outputs.logits, step.student.record.outputs.logits, atol=1e-5)
+        assert torch.allclose(view.record.outputs.boxes, step.student.record.outputs.boxes, atol=1e-5)
+        for (qa, ga), (qb, gb) in zip(view.record.matching, step.student.record.matching):
+            assert torch.equal(qa, qb) and torch.equal(ga, gb)
+    for other in (plain_losses, moved_losses):
+        assert set(other) == set(losses)
+        for k in losses:
+            assert torch.allclose(other[k], losses[k], atol=1e-5), k
+    assert not torch.allclose(moved_view.record.groups["kd_detr_general"].boxes,
+                              step.student.record.groups["kd_detr_general"].boxes)
+
+
+def test_training_step_leaves_teacher_untouched(dino_teacher, inputs):
+    distiller = detr_distiller(dino_teacher).train()
+    before = {k: v.clone() for k, v in dino_teacher.model.state_dict().items()}
+    opt = torch.optim.SGD([p for p in distiller.parameters() if p.requires_grad], lr=0.1)
+    with EventStorage(0):
+        losses = distiller(inputs)
+        kd_total = sum(v for k, v in losses.items() if k.startswith("loss_kd_"))
+        kd_total.backward(retain_graph=True)
+        # the KD loss alone trains the student's decoder (and through it the encoder)
+        assert distiller.student.decoder.layers[0].cross_attn.value_proj.weight.grad.abs().sum() > 0
+        opt.zero_grad()
+        sum(losses.values()).backward()
+        opt.step()
+    assert all(p.grad is None and not p.requires_grad for p in dino_teacher.model.parameters())
+    for k, v in dino_teacher.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert not dino_teacher.model.training
+
+
+def test_teacher_in_training_mode_is_refused(inputs):
+    teacher = FrozenTeacher(tiny_dino(width=32, seed=3), allow_uninitialized=True)
+    distiller = detr_distiller(teacher).train()
+    teacher.model.train()  # bypasses FrozenTeacher.train on purpose
+    with EventStorage(0), pytest.raises(RuntimeError, match="eval mode"):
+        distiller(inputs)
+
+
+def test_offline_equals_online(online, inputs):
+    distiller, step, _, kd_losses = online
+    method = distiller.distill_losses["kd_detr"]
+    knowledge = [{"kd_detr": k} for k in method.export_knowledge(step)]
+    assert set(knowledge[0]["kd_detr"]) == {f"{g}_{t}" for g in ("general", "specific")
+                                            for t in ("points", "logits", "boxes")}
+    assert knowledge[0]["kd_detr"]["general_logits"].shape == (8, NUM_CLASSES)
+    with EventStorage(0):
+        _, _, offline = manual_step(distiller, inputs, knowledge=knowledge)
+        half = [{"kd_detr": {k: v.half() for k, v in kn["kd_detr"].items()}} for kn in knowledge]
+        _, _, offline16 = manual_step(distiller, inputs, knowledge=half)
+    for k, v in kd_losses.items():
+        assert torch.allclose(offline[k], v, rtol=1e-5, atol=1e-6), k
+        assert torch.allclose(offline16[k], v, rtol=5e-2, atol=1e-3), k
+    with pytest.raises(KeyError, match=r"under 'kd_detr'.*stored methods: \['other'\]"):
+        bad = DistillStep(inputs, step.targets, knowledge=[{"other": kn["kd_detr"]} for kn in knowledge])
+        method.points(bad)
+
+
+# ------------------------------------------------------------------------- heterogeneous
+@pytest.fixture(scope="module")
+def frcnn_pair(dino_teacher):
+    student = tiny_detectron2("faster_rcnn_fpn")
+    with_kd = HeteroDistill(student=student, teacher=dino_teacher,
+                            losses={"kd_detr": kd(num_specific=10)}, max_iter=10).train()
+    without = HeteroDistill(student=student, teacher=dino_teacher, losses={}, max_iter=10).train()
+    return with_kd, without
+
+
+def test_frcnn_student_box_head_learns_from_the_points(frcnn_pair, inputs):
+    with_kd, without = frcnn_pair
+    with EventStorage(0):
+        torch.manual_seed(5)
+        losses = with_kd(inputs)
+        torch.manual_seed(5)
+        plain = without(inputs)
+        # the student's own RPN / RoI losses are exactly those without KD (same sampling)
+        own = {k: v for k, v in losses.items() if not k.startswith("loss_kd_")}
+        assert set(own) == set(plain)
+        for k in plain:
+            assert torch.equal(own[k], plain[k]), k
+        kd_terms = {k: v for k, v in losses.items() if k.startswith("loss_kd_")}
+        assert len(kd_terms) == 6 and all(torch.isfinite(v) for v in kd_terms.values())
+        with_kd.zero_grad()
+        sum(kd_terms.values()).backward()
+    head = with_kd.student.roi_heads
+    assert head.box_head.fc1.weight.grad.abs().sum() > 0
+    assert head.box_predictor.cls_score.weight.grad.abs().sum() > 0
+    assert head.box_predictor.bbox_pred.weight.grad.abs().sum() > 0
+    # nothing reaches the RPN: the points are not proposals
+    assert with_kd.student.proposal_generator.rpn_head.conv.weight.grad is None
+
+
+def test_frcnn_offline_equals_online(frcnn_pair, inputs):
+    with_kd, _ = frcnn_pair
+    with EventStorage(0):
+        step, _, online_losses = manual_step(with_kd, inputs)
+        method = with_kd.distill_losses["kd_detr"]
+        knowledge = [{"kd_detr": k} for k in method.export_knowledge(step)]
+        _, _, offline = manual_step(with_kd, inputs, knowledge=knowledge)
+    for k, v in online_losses.items():
+        assert torch.allclose(offline[k], v, rtol=1e-5, atol=1e-6), k
+
+
+@pytest.mark.parametrize("name", ["retinanet", "fcos"])
+def test_dense_students_distill_at_their_anchors(dino_teacher, inputs, name):
+    student = tiny_detectron2(name)
+    distiller = HeteroDistill(student=student, teacher=dino_teacher, max_iter=10,
+                              losses={"kd_detr": kd(num_specific=10, point_source="student_anchors")}).train()
+    with EventStorage(0):
+        losses = distiller(inputs)
+        kd_terms = {k: v for k, v in losses.items() if k.startswith("loss_kd_")}
+        assert len(kd_terms) == 6 and all(torch.isfinite(v) for v in kd_terms.values())
+        sum(kd_terms.values()).backward()
+    assert student.head.cls_score.weight.grad.abs().sum() > 0
+    assert student.head.bbox_pred.weight.grad.abs().sum() > 0
+    # without point_source="student_anchors" the configuration is refused, clearly
+    wrong = HeteroDistill(student=student, teacher=dino_teacher, losses={"kd_detr": kd()}).train()
+    with EventStorage(0), pytest.raises(ValueError, match="student_anchors"):
+        wrong(inputs)
+
+
+# ------------------------------------------------------------------------- configs
+def test_builtin_hetero_config_trains_one_step():
+    from d2kd.engine.smoke import run_smoke_step
+
+    cfg = LazyConfig.load(os.path.join(ROOT, "configs", "kd_detr", "dino_to_frcnn_builtin.py"))
+    # CPU-test size: the DINO teacher's queries and the KD points
+    cfg.model.teacher.model.num_queries = 50
+    cfg.model.losses.kd_detr.num_general = 20
+    result = run_smoke_step(cfg)
+    kd_keys = [k for k in result["losses"] if k.startswith("loss_kd_kddetr")]
+    assert len(kd_keys) == 6 and result["changed"] > 0
+    assert "loss_cls" in result["losses"] and "loss_rpn_cls" in result["losses"]
+
+
+def test_config_without_teacher_checkpoint_fails_clearly(tmp_path):
+    cfg = LazyConfig.load(os.path.join(ROOT, "configs", "kd_detr", "dino_R50_to_R18_builtin.py"))
+    assert cfg.model.teacher.weights.endswith("model_final.pth")
+    teacher = copy.deepcopy(cfg.model.teacher)
+    teacher.weights = str(tmp_path / "missing" / "model_final.pth")
+    with pytest.raises(TeacherCheckpointError, match="not found"):
+        instantiate(teacher)
