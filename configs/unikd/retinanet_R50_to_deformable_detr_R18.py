@@ -1,0 +1,41 @@
+# UniKD stage 2 (injecting, Eq. 7-8): RetinaNet R-50-FPN teacher -> Deformable DETR R-18
+# student (paper Tab. 2: 37.2 -> 39.2; 39.9 from Faster R-CNN), COCO. The student follows
+# Deformable DETR's recommended recipe, as the paper does for it (Sec. 4.1): the setting of
+# configs/detr/deformable_detr_R50_50ep.py (AdamW 2e-4, 50 epochs, batch 32) with a ResNet-18.
+# The AKEs (from retinanet_R50_absorb.py) read the student's encoder output; the teacher's
+# P7 (stride 128) is max-pooled from the student's stride-64 level.
+# Input format: the teacher (MSRA R-50) was trained on BGR, so the images are BGR and the
+# student's statistics are given in BGR order (its torchvision R-18 start was trained on RGB).
+from detectron2.config import LazyCall as L
+
+from d2kd.distill.unikd import FrozenAKE, UniKD
+from d2kd.engine.model_zoo import pretrained_weights
+from d2kd.meta_arch import HeteroDistill
+
+from ..detr.deformable_detr_R50_50ep import dataloader, lr_multiplier, model as student, optimizer, train
+from .retinanet_R50_absorb import model as absorb, train as absorb_train
+
+student.backbone.bottom_up.stages.depth = 18
+student.pixel_mean = [103.530, 116.280, 123.675]
+student.pixel_std = [57.375, 57.120, 58.395]
+dataloader.train.mapper.image_format = "BGR"  # the teacher's; the test mapper follows
+train.init_checkpoint = pretrained_weights("ImageNetPretrained/torchvision/R-18.pkl")
+
+model = L(HeteroDistill)(
+    student=student,
+    teacher=absorb.teacher,
+    losses={
+        "unikd": L(UniKD)(
+            ake=L(FrozenAKE)(ake=absorb.ake, weights=absorb_train.output_dir + "/model_final.pth"),
+            student_channels=student.embed_dim,
+            name="unikd",
+            lambda_ct=10.0,
+            lambda_pos=10.0,
+            adaptor_layers=2,
+            adaptor_ffn_dim=1024,
+        ),
+    },
+    max_iter="${train.max_iter}",
+)
+
+train.output_dir = "./output/unikd_retinanet_R50_to_deformable_detr_R18"
