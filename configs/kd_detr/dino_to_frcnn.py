@@ -12,15 +12,13 @@
 #
 # Teacher checkpoint (model.teacher.weights): default output/dino_R50_4scale_12ep/model_final.pth
 # (python train_net.py --config-file configs/detr/dino_R50_4scale_12ep.py --num-gpus 8).
-# Input format: DINO was trained on RGB (torchvision weights); so that both models see the images
-# they expect, the student starts from torchvision's R-50 (RGB, torchvision statistics, as
-# mmdetection's Faster R-CNN) instead of the MSRA R-50 of baselines/faster_rcnn_R50_fpn_1x.py.
-# Its baseline, for the AP gain: ../baselines/faster_rcnn_R50_fpn_1x.py with the same student
-# overrides as below (stride_in_1x1=False, RGB statistics and input format, torchvision R-50).
+# Input format: the student is detectron2's standard Faster R-CNN R-50-FPN 1x (MSRA R-50, BGR
+# images, ../baselines/faster_rcnn_R50_fpn_1x.py unchanged, so its baseline is that config); the
+# DINO teacher was trained on RGB, so the teacher flips the channels of the images it is given
+# (FrozenTeacher(flip_channels=True)) and each model sees the input it was trained on.
 from detectron2.config import LazyCall as L
 
 from d2kd.distill.kd_detr import KDDETR
-from d2kd.engine.model_zoo import pretrained_weights
 from d2kd.meta_arch import FrozenTeacher, HeteroDistill
 
 from ..baselines.faster_rcnn_R50_fpn_1x import dataloader, lr_multiplier, optimizer, train
@@ -28,16 +26,11 @@ from ..baselines.faster_rcnn_R50_fpn_1x import model as _student
 from ..detr.dino_R50_4scale_12ep import model as _teacher
 from ..detr.dino_R50_4scale_12ep import train as _teacher_train
 
-_student.backbone.bottom_up.stages.stride_in_1x1 = False
-_student.pixel_mean = [123.675, 116.280, 103.530]
-_student.pixel_std = [58.395, 57.120, 57.375]
-_student.input_format = "RGB"
-dataloader.train.mapper.image_format = "RGB"  # the test mapper follows
-train.init_checkpoint = pretrained_weights("ImageNetPretrained/torchvision/R-50.pkl")
-
 model = L(HeteroDistill)(
     student=_student,
-    teacher=L(FrozenTeacher)(model=_teacher, weights=_teacher_train.output_dir + "/model_final.pth"),
+    teacher=L(FrozenTeacher)(
+        model=_teacher, weights=_teacher_train.output_dir + "/model_final.pth", flip_channels=True
+    ),
     losses={
         "kd_detr": L(KDDETR)(
             name="kd_detr",

@@ -5,24 +5,18 @@
 #   python train_net.py --config-file configs/unikd/dino_to_frcnn_R50.py --num-gpus 8 \
 #       [model.losses.unikd.ake.weights=<stage-1 model_final.pth>] [model.teacher.weights=<...>]
 # lambda_1 = lambda_2 = 10, two deformable self-attention layers in the adaptor (Sec. 4.1).
-# Input format: DINO was trained on RGB (torchvision weights); so that both models see the images
-# they expect, the student also starts from torchvision's R-50 (RGB, torchvision statistics, as
-# mmdetection's Faster R-CNN) instead of the MSRA R-50 of baselines/faster_rcnn_R50_fpn_1x.py.
+# Input format: the student is detectron2's standard Faster R-CNN R-50-FPN 1x (MSRA R-50, BGR,
+# ../baselines/faster_rcnn_R50_fpn_1x.py unchanged: its baseline is that config); the DINO teacher
+# (trained on RGB) flips the channels of what it is given (FrozenTeacher.flip_channels).
 from detectron2.config import LazyCall as L
 
 from d2kd.distill.unikd import FrozenAKE, UniKD
-from d2kd.engine.model_zoo import pretrained_weights
 from d2kd.meta_arch import HeteroDistill
 
 from ..baselines.faster_rcnn_R50_fpn_1x import dataloader, lr_multiplier, model as student, optimizer, train
 from .dino_R50_absorb import model as absorb, train as absorb_train
 
-student.backbone.bottom_up.stages.stride_in_1x1 = False
-student.pixel_mean = [123.675, 116.280, 103.530]
-student.pixel_std = [58.395, 57.120, 57.375]
-student.input_format = "RGB"
-dataloader.train.mapper.image_format = "RGB"  # the test mapper follows
-train.init_checkpoint = pretrained_weights("ImageNetPretrained/torchvision/R-50.pkl")
+absorb.teacher.flip_channels = True
 
 model = L(HeteroDistill)(
     student=student,

@@ -3,9 +3,9 @@
 # (SGD 0.01, momentum 0.9, weight decay 1e-4, lr / 10 at epochs 8 and 11, batch 16).
 # AKEs from frcnn_R101_absorb.py. The teacher's P2 (stride 4) is upsampled from the student's
 # P3 for the adaptor; the student's P7 is not used (d2kd/distill/unikd.py, level alignment).
-# Input format: the teacher (MSRA R-101) was trained on BGR, so the images are BGR and the
-# student's statistics are given in BGR order; its torchvision R-18 start was trained on RGB,
-# so compare with a RetinaNet R-18 baseline run under the same override.
+# Input format: the student keeps the input of its baseline (../baselines/retinanet_R18_fpn_1x.py
+# unchanged, so that config is its baseline); the teacher (MSRA R-101, trained on BGR) flips the
+# channels of what it is given when the two orders differ (FrozenTeacher.flip_channels).
 from detectron2.config import LazyCall as L
 
 from d2kd.distill.unikd import FrozenAKE, UniKD
@@ -14,10 +14,7 @@ from d2kd.meta_arch import HeteroDistill
 from ..baselines.retinanet_R18_fpn_1x import dataloader, lr_multiplier, model as student, optimizer, train
 from .frcnn_R101_absorb import model as absorb, train as absorb_train
 
-student.pixel_mean = [103.530, 116.280, 123.675]
-student.pixel_std = [57.375, 57.120, 58.395]
-student.input_format = "BGR"
-dataloader.train.mapper.image_format = "BGR"  # the teacher's; the test mapper follows
+absorb.teacher.flip_channels = True  # RetinaNet R-18 (torchvision start) reads RGB
 
 model = L(HeteroDistill)(
     student=student,

@@ -4,8 +4,9 @@
 # configs/detr/deformable_detr_R50_50ep.py (AdamW 2e-4, 50 epochs, batch 32) with a ResNet-18.
 # The AKEs (from retinanet_R50_absorb.py) read the student's encoder output; the teacher's
 # P7 (stride 128) is max-pooled from the student's stride-64 level.
-# Input format: the teacher (MSRA R-50) was trained on BGR, so the images are BGR and the
-# student's statistics are given in BGR order (its torchvision R-18 start was trained on RGB).
+# Input format: the student reads RGB like deformable_detr_R50_50ep.py (torchvision R-18 start,
+# torchvision statistics); the teacher (MSRA R-50, trained on BGR) flips the channels of what it
+# is given (FrozenTeacher.flip_channels).
 from detectron2.config import LazyCall as L
 
 from d2kd.distill.unikd import FrozenAKE, UniKD
@@ -16,9 +17,7 @@ from ..detr.deformable_detr_R50_50ep import dataloader, lr_multiplier, model as 
 from .retinanet_R50_absorb import model as absorb, train as absorb_train
 
 student.backbone.bottom_up.stages.depth = 18
-student.pixel_mean = [103.530, 116.280, 123.675]
-student.pixel_std = [57.375, 57.120, 58.395]
-dataloader.train.mapper.image_format = "BGR"  # the teacher's; the test mapper follows
+absorb.teacher.flip_channels = True
 train.init_checkpoint = pretrained_weights("ImageNetPretrained/torchvision/R-18.pkl")
 
 model = L(HeteroDistill)(

@@ -111,7 +111,7 @@ from d2kd.layers import (
 )
 
 from d2kd.meta_arch.base import _num_classes, normalized_targets
-from d2kd.meta_arch.teacher import FrozenTeacher, TeacherCheckpointError, check_state_dict_fits
+from d2kd.meta_arch.teacher import FrozenTeacher, TeacherCheckpointError, TeacherHolder, check_state_dict_fits
 from d2kd.meta_arch.views import model_family, run_detector
 
 from .base import DistillLoss, DistillStep
@@ -679,7 +679,7 @@ class UniKD(DistillLoss):
 
 # --------------------------------------------------------------------------- stage 1
 @META_ARCH_REGISTRY.register()
-class UniKDAbsorb(nn.Module):
+class UniKDAbsorb(TeacherHolder):
     """UniKD's absorbing stage: trains the AKEs on a frozen teacher's features (Eq. 6).
 
     Training returns ``loss_{ct,pos}_{class,bbox,giou}``: the content AKE's FFN(z_ct) Hungarian-
@@ -711,7 +711,7 @@ class UniKDAbsorb(nn.Module):
         if num_t is not None and num_t != ake.num_classes:
             raise ValueError(f"the AKEs have {ake.num_classes} classes, the teacher {num_t}: set the AKE's "
                              "num_classes to the teacher's")
-        object.__setattr__(self, "_teacher", teacher)  # unregistered on purpose
+        self.hold_teacher(teacher)
         self.ake = ake
         weights = {"loss_class": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0}
         weights.update(loss_weights or {})
@@ -720,26 +720,12 @@ class UniKDAbsorb(nn.Module):
         self.select_topk = select_topk
 
     @property
-    def teacher(self) -> FrozenTeacher:
-        return self._teacher
-
-    @property
     def device(self) -> torch.device:
         return self.ake.strides.device
 
-    def _apply(self, fn, *args, **kwargs):
-        super()._apply(fn, *args, **kwargs)
-        self._teacher._apply(fn, *args, **kwargs)
-        return self
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self._teacher.train(False)
-        return self
-
     def forward(self, batched_inputs):
         with self.teacher.autocast() as teacher:
-            _, view = run_detector(teacher, batched_inputs, with_losses=False)
+            _, view = run_detector(teacher, self.teacher.prepare_inputs(batched_inputs), with_losses=False)
         pyr = self.ake.teacher_pyramid(view)
         q_ct, ref_ct = self.ake.ct.generate(pyr)
         logits, boxes = self.ake.ct.predict(self.ake.ct.extract(q_ct, ref_ct, pyr), ref_ct)

@@ -33,13 +33,13 @@ from torch import nn
 from d2kd.distill.base import DistillLoss, DistillStep
 from d2kd.offline.teacher import OfflineTeacher
 
-from .teacher import FrozenTeacher
+from .teacher import FrozenTeacher, TeacherHolder
 from .views import group_hook, model_family, run_detector
 
 STUDENT_PREFIX = "student."
 
 
-class DistillerBase(nn.Module):
+class DistillerBase(TeacherHolder):
     """Base class of the distillation meta-architectures.
 
     Args:
@@ -67,7 +67,7 @@ class DistillerBase(nn.Module):
             )
         offline = isinstance(teacher, OfflineTeacher)
         self.student = student
-        object.__setattr__(self, "_teacher", teacher)  # unregistered on purpose (module doc)
+        self.hold_teacher(teacher)  # unregistered on purpose (module doc)
         # detectron2's instantiate() leaves a plain dict of LazyCalls (``losses={...}`` in a
         # config) uninstantiated: build its entries here.
         self.distill_losses = nn.ModuleDict({k: _instantiate(v) for k, v in dict(losses or {}).items()})
@@ -95,10 +95,6 @@ class DistillerBase(nn.Module):
                              f"student has {num_s}; both must be trained on the same categories")
 
     @property
-    def teacher(self) -> FrozenTeacher:
-        return self._teacher
-
-    @property
     def offline(self) -> bool:
         """Whether the teacher's knowledge is read from a store instead of computed."""
         return isinstance(self._teacher, OfflineTeacher)
@@ -106,17 +102,6 @@ class DistillerBase(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.student.parameters()).device
-
-    def _apply(self, fn, *args, **kwargs):
-        # .to()/.cuda()/.float() reach registered modules only; the teacher must follow too.
-        super()._apply(fn, *args, **kwargs)
-        self._teacher._apply(fn, *args, **kwargs)
-        return self
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self._teacher.train(False)
-        return self
 
     def forward(self, batched_inputs):
         if not self.training:

@@ -165,6 +165,33 @@ class FrozenTeacher(nn.Module):
             return self.model(*args, **kwargs)
 
 
+class TeacherHolder(nn.Module):
+    """Base of modules that run a frozen teacher they do not own as a parameter holder.
+
+    The teacher is kept *unregistered*: it is not in ``parameters()``, ``state_dict()``, the
+    optimizer or DDP, yet it follows ``.to()``/``.cuda()``/``.float()`` and stays in eval mode
+    when the holder is put in training mode. Subclasses call ``self.hold_teacher(teacher)``.
+    """
+
+    def hold_teacher(self, teacher: nn.Module) -> None:
+        object.__setattr__(self, "_teacher", teacher)
+
+    @property
+    def teacher(self):
+        return self._teacher
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to()/.cuda()/.float() reach registered modules only; the teacher must follow too.
+        super()._apply(fn, *args, **kwargs)
+        self._teacher._apply(fn, *args, **kwargs)
+        return self
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._teacher.train(False)
+        return self
+
+
 class _TeacherContext:
     def __init__(self, teacher: FrozenTeacher):
         self.teacher = teacher

@@ -192,7 +192,9 @@ def test_dump_killed_by_sigkill_resumes(tmp_path, weights, tiny):
     finishes it and the store equals an uninterrupted dump, file for file."""
     out = str(tmp_path / "killed")
     argv = ["--config-file", tiny.path(UNIKD), "--output", out, "--shard-size", "1"]
-    script = ("import sys; from d2kd.data import ShapesSpec, register_shapes; "
+    # same thread count as this process: float reductions (hence the fp16 bytes) depend on it
+    script = (f"import sys, torch; torch.set_num_threads({torch.get_num_threads()}); "
+              "from d2kd.data import ShapesSpec, register_shapes; "
               "register_shapes('d2kd_offline_test', ShapesSpec(num_train=6, num_val=2, image_size=64, max_objects=6)); "
               "from d2kd.tools.dump_knowledge import main; sys.exit(main(sys.argv[1:]))")
     proc = subprocess.Popen([sys.executable, "-c", script] + argv + tiny.overrides(UNIKD, weights),
