@@ -194,7 +194,8 @@ def encode_item(item: Mapping[str, Mapping[str, torch.Tensor]], float_dtype: str
             t = t.detach().cpu()
             source = str(t.dtype).replace("torch.", "")
             if t.is_floating_point():
-                a = t.float().numpy().astype(float_dtype)
+                with np.errstate(over="ignore"):  # overflow is detected just below
+                    a = t.float().numpy().astype(float_dtype)
                 finite = torch.isfinite(t)
                 if not np.array_equal(np.isfinite(a), finite.numpy()):
                     worst = float(t[finite].abs().max())
