@@ -1,6 +1,8 @@
 # Faster R-CNN R-18-FPN on the built-in shapes data (192 px), from scratch, sized for a CPU:
 # 128-channel FPN, 128 sampled RoIs per image, 2x256 FC box head, anchors for 8-180 px objects.
 # faster_rcnn_R50_fpn_builtin.py / faster_rcnn_R101_fpn_builtin.py.
+from d2kd.layers import ScratchResNet
+
 from ..common.data.builtin import NUM_CLASSES, dataloader
 from ..common.models.faster_rcnn_fpn import model
 from ..common.optim import SGD as optimizer
@@ -12,6 +14,7 @@ model.backbone.bottom_up.stages.depth = 18
 model.backbone.bottom_up.stages.norm = "BN"
 model.backbone.bottom_up.stem.norm = "BN"
 model.backbone.bottom_up.freeze_at = 0
+model.backbone.bottom_up._target_ = ScratchResNet  # residual blocks start as the identity
 model.backbone.out_channels = 128
 model.proposal_generator.anchor_generator.sizes = [[10], [20], [40], [80], [160]]
 model.proposal_generator.pre_nms_topk = (1000, 500)

@@ -2,6 +2,8 @@
 # 128-channel FPN and GN head.
 from detectron2.layers import ShapeSpec
 
+from d2kd.layers import ScratchResNet
+
 from ..common.data.builtin import NUM_CLASSES, dataloader
 from ..common.models.fcos import model
 from ..common.optim import SGD as optimizer
@@ -12,6 +14,7 @@ model.backbone.bottom_up.stages.depth = 18
 model.backbone.bottom_up.stages.norm = "BN"
 model.backbone.bottom_up.stem.norm = "BN"
 model.backbone.bottom_up.freeze_at = 0
+model.backbone.bottom_up._target_ = ScratchResNet  # residual blocks start as the identity
 model.backbone.out_channels = 128
 model.head.input_shape = [ShapeSpec(channels=128)] * 5
 model.head.conv_dims = [128, 128, 128, 128]

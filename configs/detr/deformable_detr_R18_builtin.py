@@ -1,6 +1,8 @@
 # Deformable DETR R-18 (iterative box refinement + two-stage) on the built-in shapes data,
 # from scratch, CPU-sized: width 128, 2 encoder / 3 decoder layers, FFN 512, 100 queries,
 # no dropout (short schedules), batch 4. Optimisation as dino_R18_builtin.py.
+from d2kd.layers import ScratchResNet
+
 from ..common.data.builtin import NUM_CLASSES, dataloader
 from ..common.models.deformable_detr import model
 from ..common.optim import AdamW as optimizer
@@ -10,6 +12,7 @@ from ..common.train import train
 model.backbone.bottom_up.stages.depth = 18
 model.backbone.bottom_up.stages.norm = "BN"
 model.backbone.bottom_up.freeze_at = 0
+model.backbone.bottom_up._target_ = ScratchResNet  # residual blocks start as the identity
 model.num_classes = NUM_CLASSES
 model.two_stage = True
 model.decoder.box_refine = True

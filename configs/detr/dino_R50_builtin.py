@@ -4,6 +4,8 @@
 # 50 denoising queries, batch 4, AdamW lr 1e-3 (from scratch at batch 4 this learns several times
 # faster than the paper's 1e-4), short schedule with a brief warmup. Width 256, 4 levels, losses,
 # matcher and gradient clipping as the paper.
+from d2kd.layers import ScratchResNet
+
 from ..common.data.builtin import NUM_CLASSES, dataloader
 from ..common.models.dino import model
 from ..common.optim import AdamW as optimizer
@@ -12,6 +14,7 @@ from ..common.train import train
 
 model.backbone.bottom_up.stages.norm = "BN"
 model.backbone.bottom_up.freeze_at = 0
+model.backbone.bottom_up._target_ = ScratchResNet  # residual blocks start as the identity
 model.num_classes = NUM_CLASSES
 model.num_queries = 200
 model.select_topk = 100

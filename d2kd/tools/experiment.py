@@ -5,7 +5,8 @@ child ``train_net.py`` process (so a crash in one run names its log and stops th
 output goes to ``<output_dir>/train_net.log``; progress lines with the run's and the whole
 sequence's ETA are printed while it trains. A finished run leaves ``<output_dir>/d2kd_run.json``
 (written atomically) with its AP and seconds per iteration; a later sequence with the same config
-and overrides reuses it instead of training again.
+path, iterations and overrides reuses it instead of training again (the key does not cover the
+config files' contents: after editing a config, delete its finished runs).
 """
 import dataclasses
 import hashlib
