@@ -72,7 +72,7 @@ fi
 # Rebuild d2kd._C when a source or the build script changed since the last build.
 BUILD_HASH="$(cat "$ROOT/setup.py" $(find "$ROOT/csrc" -type f | sort) 2>/dev/null | md5sum | cut -c1-16)"
 BUILD_STAMP="$VENV/.d2kd-build-$BUILD_HASH"
-if [[ ! -f "$BUILD_STAMP" ]] || ! "$PY" -c 'import d2kd._C' 2>/dev/null; then
+if [[ ! -f "$BUILD_STAMP" ]] || ! "$PY" -c 'import torch, d2kd._C' 2>/dev/null; then  # _C needs torch's libs loaded
   log "building d2kd and its extension d2kd._C"
   rm -f "$VENV"/.d2kd-build-*
   (cd "$ROOT" && "$PY" -m pip install --quiet --no-build-isolation --no-deps -e .)
