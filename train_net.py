@@ -18,6 +18,8 @@ import logging
 import os
 import sys
 
+import torch
+
 from detectron2.config import instantiate
 from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks, launch
 from detectron2.engine.defaults import create_ddp_model
@@ -105,6 +107,19 @@ def do_train(args, cfg):
 
 
 def main(args):
+    try:
+        result = _run(args)
+        comm.synchronize()
+        return result
+    finally:
+        # Tear the process group down before the interpreter exits: left to the interpreter's
+        # teardown, gloo's threads sometimes abort a rank ("terminate called without an active
+        # exception") after a successful run.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _run(args):
     cfg = setup(args)
     if args.eval_only:
         device = setup_process(cfg, eval_only=True)

@@ -15,7 +15,7 @@ It prints the teacher / student / distilled AP table and writes it with a plot (
 training losses) to ``<output>/demo_teacher<T>it_student<S>it.{md,png}``. A run that finished before with the same settings
 is reused (a second demo reuses the teacher and the students), so changing only
 ``--student-iters`` retrains only the students. The default schedule (200 iterations each) took
-13-14 minutes on a 2-core machine, data generation included (300 each: 18.1 minutes); a fresh
+12.8 minutes on a 2-core machine, data generation included (300 each: 18.1 minutes); a fresh
 machine adds about 5 minutes of installation. That is far too short for the teacher to be any
 good, so the distillation gain at these defaults is not the point of the demo:
 benchmarks/kd_gain.py measures that.
