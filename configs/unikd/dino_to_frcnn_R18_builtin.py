@@ -5,29 +5,12 @@
 #   python train_net.py --config-file configs/detr/dino_R50_builtin.py          # teacher
 #   python train_net.py --config-file configs/unikd/dino_R50_absorb_builtin.py  # stage 1
 #   python train_net.py --config-file configs/unikd/dino_to_frcnn_R18_builtin.py
-from detectron2.config import LazyCall as L
-
-from d2kd.distill.unikd import FrozenAKE, UniKD
-from d2kd.meta_arch import HeteroDistill
-
+from ..common.unikd import unikd_stage2
 from ..baselines.faster_rcnn_R18_fpn_builtin import dataloader, lr_multiplier, model as student, optimizer, train
 from .dino_R50_absorb_builtin import model as absorb, train as absorb_train
 
-model = L(HeteroDistill)(
-    student=student,
-    teacher=absorb.teacher,
-    losses={
-        "unikd": L(UniKD)(
-            ake=L(FrozenAKE)(ake=absorb.ake, weights=absorb_train.output_dir + "/model_final.pth"),
-            student_channels=student.backbone.out_channels,
-            name="unikd",
-            lambda_ct=10.0,
-            lambda_pos=10.0,
-            adaptor_layers=2,
-            adaptor_ffn_dim=512,
-        ),
-    },
-    max_iter="${train.max_iter}",
+model = unikd_stage2(
+    student, absorb, absorb_train, student_channels=student.backbone.out_channels, adaptor_ffn_dim=512
 )
 
 train.output_dir = "./output/unikd_dino_to_frcnn_R18_builtin"

@@ -6,31 +6,14 @@
 # Input format: the student keeps the input of its baseline (../baselines/retinanet_R18_fpn_1x.py
 # unchanged, so that config is its baseline); the teacher (MSRA R-101, trained on BGR) flips the
 # channels of what it is given when the two orders differ (FrozenTeacher.flip_channels).
-from detectron2.config import LazyCall as L
-
-from d2kd.distill.unikd import FrozenAKE, UniKD
-from d2kd.meta_arch import HeteroDistill
-
+from ..common.unikd import unikd_stage2
 from ..baselines.retinanet_R18_fpn_1x import dataloader, lr_multiplier, model as student, optimizer, train
 from .frcnn_R101_absorb import model as absorb, train as absorb_train
 
 absorb.teacher.flip_channels = True  # RetinaNet R-18 (torchvision start) reads RGB
 
-model = L(HeteroDistill)(
-    student=student,
-    teacher=absorb.teacher,
-    losses={
-        "unikd": L(UniKD)(
-            ake=L(FrozenAKE)(ake=absorb.ake, weights=absorb_train.output_dir + "/model_final.pth"),
-            student_channels=student.backbone.out_channels,
-            name="unikd",
-            lambda_ct=10.0,
-            lambda_pos=10.0,
-            adaptor_layers=2,
-            adaptor_ffn_dim=1024,
-        ),
-    },
-    max_iter="${train.max_iter}",
+model = unikd_stage2(
+    student, absorb, absorb_train, student_channels=student.backbone.out_channels, adaptor_ffn_dim=1024
 )
 
 train.output_dir = "./output/unikd_frcnn_R101_to_retinanet_R18"

@@ -3,29 +3,10 @@
 # baseline's schedule and optimiser (configs/detr/deformable_detr_R18_builtin.py). The AKEs read
 # the student's encoder output (width 128, strides 8-64; the teacher's P2 is upsampled from the
 # stride-8 level). Adaptor FFN 512.
-from detectron2.config import LazyCall as L
-
-from d2kd.distill.unikd import FrozenAKE, UniKD
-from d2kd.meta_arch import HeteroDistill
-
+from ..common.unikd import unikd_stage2
 from ..detr.deformable_detr_R18_builtin import dataloader, lr_multiplier, model as student, optimizer, train
 from .frcnn_R50_absorb_builtin import model as absorb, train as absorb_train
 
-model = L(HeteroDistill)(
-    student=student,
-    teacher=absorb.teacher,
-    losses={
-        "unikd": L(UniKD)(
-            ake=L(FrozenAKE)(ake=absorb.ake, weights=absorb_train.output_dir + "/model_final.pth"),
-            student_channels=student.embed_dim,
-            name="unikd",
-            lambda_ct=10.0,
-            lambda_pos=10.0,
-            adaptor_layers=2,
-            adaptor_ffn_dim=512,
-        ),
-    },
-    max_iter="${train.max_iter}",
-)
+model = unikd_stage2(student, absorb, absorb_train, student_channels=student.embed_dim, adaptor_ffn_dim=512)
 
 train.output_dir = "./output/unikd_frcnn_R50_to_deformable_detr_R18_builtin"

@@ -7,12 +7,9 @@
 # Input format: the student reads RGB like deformable_detr_R50_50ep.py (torchvision R-18 start,
 # torchvision statistics); the teacher (MSRA R-50, trained on BGR) flips the channels of what it
 # is given (FrozenTeacher.flip_channels).
-from detectron2.config import LazyCall as L
-
-from d2kd.distill.unikd import FrozenAKE, UniKD
 from d2kd.engine.model_zoo import pretrained_weights
-from d2kd.meta_arch import HeteroDistill
 
+from ..common.unikd import unikd_stage2
 from ..detr.deformable_detr_R50_50ep import dataloader, lr_multiplier, model as student, optimizer, train
 from .retinanet_R50_absorb import model as absorb, train as absorb_train
 
@@ -20,21 +17,6 @@ student.backbone.bottom_up.stages.depth = 18
 absorb.teacher.flip_channels = True
 train.init_checkpoint = pretrained_weights("ImageNetPretrained/torchvision/R-18.pkl")
 
-model = L(HeteroDistill)(
-    student=student,
-    teacher=absorb.teacher,
-    losses={
-        "unikd": L(UniKD)(
-            ake=L(FrozenAKE)(ake=absorb.ake, weights=absorb_train.output_dir + "/model_final.pth"),
-            student_channels=student.embed_dim,
-            name="unikd",
-            lambda_ct=10.0,
-            lambda_pos=10.0,
-            adaptor_layers=2,
-            adaptor_ffn_dim=1024,
-        ),
-    },
-    max_iter="${train.max_iter}",
-)
+model = unikd_stage2(student, absorb, absorb_train, student_channels=student.embed_dim, adaptor_ffn_dim=1024)
 
 train.output_dir = "./output/unikd_retinanet_R50_to_deformable_detr_R18"
