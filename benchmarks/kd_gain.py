@@ -58,7 +58,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from d2kd.tools import demo  # noqa: E402
 from d2kd.tools.experiment import (  # noqa: E402
+    RESULT_FILE,
     Run,
     RunResult,
     RunSequence,
@@ -75,18 +77,35 @@ TINY = ("dataloader.train.dataset.names=d2kd_shapes_tiny_train",
 QUIET = ("train.eval_period=0", "train.checkpointer.period=100000")
 
 KD_DETR = "configs/kd_detr/dino_R50_to_R18_builtin.py"
+KD_DETR_REF = "configs/kd_detr/dino_R50_to_R18_reference_builtin.py"
 STUDENT = "student alone"
-# (row, config, overrides, prior seconds per iteration on a 2-core CPU for the ETA)
+_OFF_G, _OFF_S = "model.losses.kd_detr.general_weight=0", "model.losses.kd_detr.specific_weight=0"
+_NO_FW = "model.losses.kd_detr.foreground_weighting=False"
+# (row, config, overrides, prior seconds per iteration on a 2-core CPU for the ETA, part): the
+# "core" rows run at every seed, the "ablation" rows at the first seed only.
 HOMOGENEOUS = [
-    (STUDENT, "configs/detr/dino_R18_builtin.py", (), 0.9),
-    ("FitNet", "configs/fitnet/dino_R50_to_R18_builtin.py", (), 1.8),
-    ("KD-DETR (general)", KD_DETR, ("model.losses.kd_detr.specific_weight=0",), 1.95),
-    ("KD-DETR (specific)", KD_DETR, ("model.losses.kd_detr.general_weight=0",), 2.1),
-    ("KD-DETR (both)", KD_DETR, (), 2.4),
-    ("DETRDistill (LD)", "configs/detrdistill/dino_R50_to_R18_ld_builtin.py", (), 1.7),
-    ("DETRDistill (FD)", "configs/detrdistill/dino_R50_to_R18_fd_builtin.py", (), 1.7),
-    ("DETRDistill (AD)", "configs/detrdistill/dino_R50_to_R18_ad_builtin.py", (), 1.85),
-    ("DETRDistill (all)", "configs/detrdistill/dino_R50_to_R18_builtin.py", (), 1.95),
+    (STUDENT, "configs/detr/dino_R18_builtin.py", (), 0.45, "core"),
+    ("KD-DETR (both)", KD_DETR, (), 1.1, "core"),
+    ("DETRDistill (all)", "configs/detrdistill/dino_R50_to_R18_builtin.py", (), 1.2, "core"),
+    ("FitNet", "configs/fitnet/dino_R50_to_R18_builtin.py", (), 0.9, "ablation"),
+    ("KD-DETR (general)", KD_DETR, (_OFF_S,), 0.9, "ablation"),
+    ("KD-DETR (specific)", KD_DETR, (_OFF_G,), 1.0, "ablation"),
+    # the paper's ablation on the reference configuration: general / +reweight / specific /
+    # +reweight / all
+    ("KD-DETR ref. (general)", KD_DETR_REF, (_OFF_S, _NO_FW), 0.9, "ablation"),
+    ("KD-DETR ref. (general + reweight)", KD_DETR_REF, (_OFF_S,), 0.9, "ablation"),
+    ("KD-DETR ref. (specific)", KD_DETR_REF, (_OFF_G, _NO_FW), 1.0, "ablation"),
+    ("KD-DETR ref. (specific + reweight)", KD_DETR_REF, (_OFF_G,), 1.0, "ablation"),
+    ("KD-DETR ref. (all)", KD_DETR_REF, (), 1.1, "ablation"),
+    ("DETRDistill (LD)", "configs/detrdistill/dino_R50_to_R18_ld_builtin.py", (), 1.0, "ablation"),
+    ("DETRDistill (FD)", "configs/detrdistill/dino_R50_to_R18_fd_builtin.py", (), 1.0, "ablation"),
+    ("DETRDistill (AD)", "configs/detrdistill/dino_R50_to_R18_ad_builtin.py", (), 1.1, "ablation"),
+]
+# The heterogeneous row (KD-DETR's DINO -> Faster R-CNN), the demo's runs at every seed.
+HETERO_STUDENT = "Faster R-CNN R-18 alone"
+HETERO = [
+    (HETERO_STUDENT, "configs/baselines/faster_rcnn_R18_fpn_builtin.py", (), 0.45),
+    ("Faster R-CNN R-18 + KD-DETR", "configs/kd_detr/dino_to_frcnn_builtin.py", (), 1.0),
 ]
 # key: (label, teacher config, UniKD stage-1 config, prior s/iter of the teacher, of its stage 1)
 TEACHERS = {
@@ -192,8 +211,14 @@ class Plan:
     def teacher(self, key: str) -> Run:
         label, config, _, prior, _ = TEACHERS[key]
         it = self.args.teacher_iters
+        if key == "dino":  # the demo's teacher, shared with it (same folder, same key)
+            run = demo.teacher_run(self.args.teacher_root, it)
+            run.output_dir += self.tag
+            run.overrides = tuple(run.overrides) + self.extra
+            return self.add(run)
         return self.add(Run(f"teacher {label}", config, self._dir("teachers", f"{key}_R50_{it}it"), it,
-                            QUIET + ("train.seed=0",) + self.extra, prior))
+                            QUIET + ("train.seed=0",) + self.extra, prior,
+                            depends_on=(demo.backbone_files()[50],)))
 
     def absorb(self, key: str) -> Run:
         label, _, config, _, prior = TEACHERS[key]
@@ -203,24 +228,48 @@ class Plan:
                             QUIET + ("train.seed=0", f"model.teacher.weights={teacher.output_dir}/model_final.pth")
                             + self.extra, prior))
 
-    def student(self, name: str, config: str, out: str, seed: int, overrides: Sequence[str], prior: float) -> Run:
+    def student(self, name: str, config: str, out: str, seed: int, overrides: Sequence[str], prior: float,
+                depends_on: Sequence[str] = ()) -> Run:
         return self.add(Run(f"{name} [seed {seed}]", config, self._dir(out + f"_{self.args.iters}it_seed{seed}"),
                             self.args.iters, QUIET + (f"train.seed={seed}",) + tuple(overrides) + self.extra,
-                            prior))
+                            prior, depends_on=(demo.backbone_files()[18],) + tuple(depends_on)))
 
-    def homogeneous(self) -> Dict[str, List[Run]]:
-        """``{row: [run per seed]}``, the teacher's row first."""
+    def homogeneous(self, parts: Sequence[str] = ("core", "ablation")) -> Dict[str, List[Run]]:
+        """``{row: [run per seed]}``, the teacher's row first; the core rows at every seed, the
+        ablation rows at the first seed."""
         teacher = self.teacher("dino")
         rows: Dict[str, List[Run]] = {teacher.name: [teacher]}
         weights = f"model.teacher.weights={teacher.output_dir}/model_final.pth"
+        teacher_key = os.path.join(teacher.path, RESULT_FILE)
         for seed in self.args.seeds:
-            for name, config, overrides, prior in HOMOGENEOUS:
-                slug = "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_").replace("__", "_")
+            for name, config, overrides, prior, part in HOMOGENEOUS:
+                if part not in parts or (part == "ablation" and seed != self.args.seeds[0]):
+                    continue
+                slug = "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
+                while "__" in slug:
+                    slug = slug.replace("__", "_")
                 if name == STUDENT:
-                    out, ov = "homogeneous/dino_R18_alone", overrides
+                    out, ov, deps = "homogeneous/dino_R18_alone", overrides, ()
                 else:
-                    out, ov = f"homogeneous/{slug}_T{self.args.teacher_iters}", (weights,) + overrides
-                rows.setdefault(name, []).append(self.student(name, config, out, seed, ov, prior))
+                    out, ov, deps = f"homogeneous/{slug}_T{self.args.teacher_iters}", (weights,) + overrides, \
+                        (teacher_key,)
+                rows.setdefault(name, []).append(self.student(name, config, out, seed, ov, prior, deps))
+        return rows
+
+    def heterogeneous(self) -> Dict[str, List[Run]]:
+        """KD-DETR DINO R-50 -> Faster R-CNN R-18: the demo's student runs, at every seed."""
+        teacher = self.teacher("dino")
+        rows: Dict[str, List[Run]] = {teacher.name: [teacher]}
+        for seed in self.args.seeds:
+            runs = demo.build_runs(self.args.teacher_root, self.args.teacher_iters,
+                                   self.args.iters, seed)[1:]
+            for (name, *_rest), run in zip(HETERO, runs):
+                run.name = f"{name} [seed {seed}]"
+                run.output_dir += self.tag
+                run.overrides = tuple(o if not o.startswith("model.teacher.weights=") else
+                                      f"model.teacher.weights={teacher.output_dir}/model_final.pth"
+                                      for o in run.overrides) + self.extra
+                rows.setdefault(name, []).append(self.add(run))
         return rows
 
     def unikd_overrides(self, key: str) -> Tuple[str, ...]:
@@ -305,7 +354,7 @@ def store_bytes(store: str) -> Tuple[float, int]:
 
 # ------------------------------------------------------------------------------------ reports
 def _results(runs: List[Run], by_dir: Dict[str, RunResult]) -> List[RunResult]:
-    return [by_dir[r.output_dir] for r in runs]
+    return [by_dir[r.path] for r in runs]
 
 
 def criteria(rows: Dict[str, List[RunResult]], teacher_forward: float) -> List[str]:
@@ -338,7 +387,7 @@ def universality_table(uni: Dict[str, object], by_dir: Dict[str, RunResult]) -> 
     """UniKD Tab. 2: rows students, columns teachers, cells alone AP -> UniKD AP (gain), means."""
     teachers = uni["teachers"]
     head = ["student \\ teacher", "alone"] + [
-        f"{TEACHERS[k][0]} ({by_dir[teachers[k].output_dir].ap['AP']:.1f} AP)" for k in TEACHERS]
+        f"{TEACHERS[k][0]} ({by_dir[teachers[k].path].ap['AP']:.1f} AP)" for k in TEACHERS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s_key, (label, *_rest) in STUDENTS.items():
         base = mean_result(label, _results(uni["alone"][s_key], by_dir)).ap["AP"]
@@ -406,6 +455,9 @@ def plot(path: str, homo: Optional[Dict[str, List[RunResult]]], uni_rows: Option
 
 
 # ------------------------------------------------------------------------------------ main
+PARTS = ("core", "ablation", "homogeneous", "heterogeneous", "universality", "all")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -413,7 +465,11 @@ def parse_args(argv=None):
     p.add_argument("--teacher-iters", type=int, default=3000, help="of the teachers (trained once, seed 0)")
     p.add_argument("--absorb-iters", type=int, default=1500, help="of UniKD's stage 1 on each teacher")
     p.add_argument("--seeds", default="0,1", help="comma-separated train.seed values of the student runs")
-    p.add_argument("--only", choices=("homogeneous", "universality", "all"), default="all")
+    p.add_argument("--only", choices=PARTS, default="all",
+                   help="core: the 2-seed homogeneous rows; ablation: the other homogeneous rows (first "
+                        "seed); homogeneous: both; heterogeneous: DINO -> Faster R-CNN R-18; universality")
+    p.add_argument("--teacher-root", default="./output/builtin",
+                   help="where the DINO teacher lives (shared with the demo)")
     p.add_argument("--output", default="./output/kd_gain")
     p.add_argument("--teacher-batches", type=int, default=5, help="batches timed for the teacher's forward")
     p.add_argument("--dry-run", action="store_true", help="print the planned runs and commands, train nothing")
@@ -451,7 +507,10 @@ def main(argv=None) -> int:
         os.environ.setdefault(key, value)
     start = time.time()
     plan = Plan(args)
-    homo_runs = plan.homogeneous() if args.only in ("homogeneous", "all") else None
+    homo_parts = {"core": ("core",), "ablation": ("ablation",), "homogeneous": ("core", "ablation"),
+                  "all": ("core", "ablation")}.get(args.only, ())
+    homo_runs = plan.homogeneous(homo_parts) if homo_parts else None
+    hetero_runs = plan.heterogeneous() if args.only in ("heterogeneous", "all") else None
     uni = plan.universality() if args.only in ("universality", "all") else None
     print(f"kd_gain: {len(plan.steps)} steps, students at {args.iters} iterations, seeds {args.seeds}, "
           f"output in {plan.root}" + (f"; extra overrides {args.extra}" if args.extra else ""), flush=True)
@@ -470,17 +529,23 @@ def main(argv=None) -> int:
         teacher = homo_runs[next(iter(homo_runs))][0]
         data = [o for o in args.extra if o.startswith("dataloader.")]
         print("\nTiming the teacher's forward in this process ...", flush=True)
-        forward = teacher_forward_seconds(teacher.config, f"{teacher.output_dir}/model_final.pth", data,
+        forward = teacher_forward_seconds(teacher.config, f"{teacher.path}/model_final.pth", data,
                                           args.teacher_batches)
         report += [f"## Homogeneous: DINO R-50 -> DINO R-18, {args.iters} iterations, seeds {args.seeds}",
-                   "", format_seed_table(homo, reference=STUDENT), "",
+                   "", format_seed_table(homo, reference=STUDENT if STUDENT in homo else None), "",
                    f"Teacher ({args.teacher_iters} iterations, seed 0): forward {forward:.3f} s per batch "
-                   f"(in-process median of {args.teacher_batches}).", "", *criteria(homo, forward), ""]
+                   f"(in-process median of {args.teacher_batches}).", ""]
+        if STUDENT in homo and "FitNet" in homo:
+            report += [*criteria(homo, forward), ""]
+    if hetero_runs:
+        hetero = {name: _results(runs, by_dir) for name, runs in hetero_runs.items()}
+        report += [f"## Heterogeneous: KD-DETR DINO R-50 -> Faster R-CNN R-18, {args.iters} iterations, "
+                   f"seeds {args.seeds}", "", format_seed_table(hetero, reference=HETERO_STUDENT), ""]
     if uni:
         alone = {STUDENTS[k][0]: _results(v, by_dir) for k, v in uni["alone"].items()}
         cells = {f"{STUDENTS[s][0]} + UniKD from {TEACHERS[t][0]}": _results(v, by_dir)
                  for (t, s), v in uni["unikd"].items()}
-        teachers = {f"teacher {TEACHERS[k][0]}": [by_dir[r.output_dir]] for k, r in uni["teachers"].items()}
+        teachers = {f"teacher {TEACHERS[k][0]}": [by_dir[r.path]] for k, r in uni["teachers"].items()}
         uni_rows = {label: [mean_result(label, alone[label]).ap["AP"]] + [
             mean_result(label, _results(uni["unikd"][(t, s)], by_dir)).ap["AP"] for t in TEACHERS]
             for s, (label, *_rest) in STUDENTS.items()}
@@ -496,11 +561,11 @@ def main(argv=None) -> int:
                    f"Store {uni['store']}: {per_view:,.0f} bytes per image-view, {views} views per image = "
                    f"{per_view * views:,.0f} bytes per image.", ""]
     text = "\n".join(report)
-    md = os.path.join(plan.root, "kd_gain.md")
+    md = os.path.join(plan.root, f"kd_gain_{args.only}.md")
     os.makedirs(plan.root, exist_ok=True)
     with open(md, "w") as f:
         f.write(text)
-    png = plot(os.path.join(plan.root, "kd_gain.png"), homo, uni_rows)
+    png = plot(os.path.join(plan.root, f"kd_gain_{args.only}.png"), homo if homo and STUDENT in homo else None, uni_rows)
     print("\n" + text)
     print(f"tables: {md}\nplot: {png}\ntotal time: {(time.time() - start) / 60:.1f} min", flush=True)
     return 0

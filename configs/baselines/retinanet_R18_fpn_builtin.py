@@ -1,8 +1,9 @@
-# RetinaNet R-18-FPN on the built-in shapes data (192 px), from scratch, sized for a CPU:
+# RetinaNet R-18-FPN on the built-in shapes data (192 px), built-in pretrained R-18
+# (`python -m d2kd.tools.pretrain_backbone --depth 18`, FrozenBN, stem and res2 frozen), sized for a CPU:
 # 128-channel FPN and head, anchors for 8-180 px objects (3 scales per octave from 8 px).
 from detectron2.layers import ShapeSpec
 
-from d2kd.layers import ScratchResNet
+from d2kd.engine.backbone_pretrain import PIXEL_MEAN, PIXEL_STD, builtin_backbone_path
 
 from ..common.data.builtin import NUM_CLASSES, dataloader
 from ..common.models.retinanet import model
@@ -11,25 +12,23 @@ from ..common.schedule import multistep
 from ..common.train import train
 
 model.backbone.bottom_up.stages.depth = 18
-model.backbone.bottom_up.stages.norm = "BN"
-model.backbone.bottom_up.stem.norm = "BN"
-model.backbone.bottom_up.freeze_at = 0
-model.backbone.bottom_up._target_ = ScratchResNet  # residual blocks start as the identity
+model.backbone.bottom_up.stages.stride_in_1x1 = False  # as the built-in pretraining
 model.backbone.out_channels = 128
 model.head.input_shape = [ShapeSpec(channels=128)] * 5
 model.head.conv_dims = [128, 128, 128, 128]
 model.anchor_generator.sizes = [[x, x * 2 ** (1.0 / 3), x * 2 ** (2.0 / 3)]
                                 for x in [8, 16, 32, 64, 128]]
 model.num_classes = NUM_CLASSES
-model.pixel_std = [57.375, 57.120, 58.395]
+model.pixel_mean = list(PIXEL_MEAN)  # the pretraining's normalisation
+model.pixel_std = list(PIXEL_STD)
 
 optimizer.lr = 0.01
-# From scratch, the first iterations (even with warmup) can blow up without clipping.
+train.init_checkpoint = builtin_backbone_path(18)
 train.clip_grad.enabled = True
 train.clip_grad.max_norm = 5.0
-train.max_iter = 3000
-lr_multiplier = multistep(train.max_iter, steps=(0.75, 0.9), warmup_iters=200)
-train.eval_period = 1000
-train.checkpointer.period = 500
+train.max_iter = 1200
+lr_multiplier = multistep(train.max_iter, steps=(0.75, 0.9), warmup_iters=100)
+train.eval_period = 400
+train.checkpointer.period = 400
 train.checkpointer.max_to_keep = 3
 train.output_dir = "./output/retinanet_R18_fpn_builtin"

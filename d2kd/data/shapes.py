@@ -83,7 +83,8 @@ CLASSES: Tuple[str, ...] = (
     "broken_ring",
 )
 
-_SPLIT_CODES = {"train": 0, "val": 1}
+# "pretrain": images that only backbone pretraining sees (d2kd.data.crops), disjoint from both.
+_SPLIT_CODES = {"train": 0, "val": 1, "pretrain": 2}
 _SUPERSAMPLE = 4  # anti-aliasing: masks are drawn at 4x and box-filtered down
 _CUE_VISIBLE = 0.95  # fraction of each cue disc of a labelled object that must stay visible
 _PLACEMENT_TRIES = 20

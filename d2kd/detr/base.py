@@ -25,7 +25,8 @@ from d2kd.layers import PositionEmbeddingSine, box_cxcywh_to_xyxy, box_xyxy_to_c
 from .backbone import ChannelMapper
 from .criterion import LOSS_TERMS, SetCriterion, zero_losses
 from .denoising import ContrastiveDenoising
-from .queries import DecodedGroup, DETRRecord, EncoderProposals, EncoderState, QueryGroup, group_attention_mask
+from .queries import (DecodedGroup, DETRRecord, EncoderProposals, EncoderState, QueryGroup, group_attention_mask,
+                      independent_sets)
 from .transformer import DeformableDecoder, DeformableEncoder
 
 ExtraGroups = Callable[[EncoderState, QueryGroup], Sequence[QueryGroup]]
@@ -175,8 +176,19 @@ class DETRBase(nn.Module):
         return self.denoising(targets)
 
     def decode(self, enc: EncoderState, groups: Sequence[QueryGroup]) -> Dict[str, DecodedGroup]:
-        """Decodes all groups in one pass, isolated by :func:`group_attention_mask`."""
+        """Decodes the groups: one decoder pass per set of groups that see each other
+        (:func:`independent_sets`; e.g. detection + denoising, and each distillation group on its
+        own), each set isolated inside by :func:`group_attention_mask`. Same outputs as one masked
+        pass over all groups, without its self-attention cost (quadratic in the total count)
+        and with the unmasked fast attention path for a set of one plain group."""
         groups = list(groups)
+        decoded: Dict[str, DecodedGroup] = {}
+        for members in independent_sets(groups):
+            decoded.update(self._decode_together(enc, [groups[i] for i in members]))
+        return {g.name: decoded[g.name] for g in groups}
+
+    def _decode_together(self, enc: EncoderState, groups: List[QueryGroup]) -> Dict[str, DecodedGroup]:
+        """One decoder pass over ``groups``, isolated by :func:`group_attention_mask`."""
         mask = group_attention_mask(groups, enc.memory.device)
         content = torch.cat([g.content for g in groups], dim=1)
         anchors = torch.cat([g.anchor_logits for g in groups], dim=1)

@@ -193,3 +193,31 @@ def group_attention_mask(groups: Sequence[QueryGroup], device=None) -> Optional[
             j = index[other]
             mask[rows, starts[j]:starts[j] + sizes[j]] = False
     return mask
+
+
+def independent_sets(groups: Sequence[QueryGroup]) -> List[List[int]]:
+    """The groups split into sets that see nothing of each other (connected components of the
+    ``sees`` relation, in either direction), as lists of indices in their original order, sets
+    ordered by their first group. Decoding each set in its own pass gives the same outputs as one
+    masked pass over all groups, at a self-attention cost of ``sum |set|^2`` instead of ``N^2``.
+    """
+    index = {g.name: i for i, g in enumerate(groups)}
+    if len(index) != len(groups):
+        raise ValueError(f"query group names must be unique, got {[g.name for g in groups]}")
+    parent = list(range(len(groups)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, g in enumerate(groups):
+        for other in g.sees:
+            if other not in index:
+                raise ValueError(f"group {g.name!r} sees unknown groups {[other]}")
+            parent[root(index[other])] = root(i)
+    sets: Dict[int, List[int]] = {}
+    for i in range(len(groups)):
+        sets.setdefault(root(i), []).append(i)
+    return sorted(sets.values(), key=lambda members: members[0])

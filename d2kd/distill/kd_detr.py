@@ -125,6 +125,7 @@ CLASS_LOSSES = ("bce", "kl")
 DISTRIBUTIONS = ("uniform", "normal")
 POINT_SOURCES = ("boxes", "student_anchors")
 CONTENTS = ("zero", "mean")
+NORMALIZATIONS = ("weighted_mean", "reference")
 _DEFAULT_TEMPERATURE = {"bce": 1.0, "kl": 10.0}
 
 Schedule = Union[float, Sequence[float]]
@@ -145,6 +146,7 @@ def sample_general_points(
     aspect_range: Sequence[float] = (1 / 3, 3.0),
     device=None,
     generator: Optional[torch.Generator] = None,
+    share_across_batch: bool = False,
 ) -> torch.Tensor:
     """Random distillation points over the whole image.
 
@@ -154,11 +156,13 @@ def sample_general_points(
             (``w = s sqrt(a)``, ``h = s / sqrt(a)``); ``"normal"``: the reference's
             ``sigmoid(N(0, 1))`` for each of cx, cy, w, h.
         size_range, aspect_range: of the uniform distribution (sides as fractions of the image).
+        share_across_batch: one set of points for every image of the batch (the reference draws
+            one ``nn.Embedding(N, 4)`` per step and feeds it to every image).
 
     Returns:
         [num_images, num_points, 4] normalised cxcywh, clipped to the image.
     """
-    shape = (num_images, num_points)
+    shape = (1 if share_across_batch else num_images, num_points)
     if distribution == "uniform":
         lo, hi = (math.log(float(v)) for v in size_range)
         alo, ahi = (math.log(float(v)) for v in aspect_range)
@@ -170,7 +174,7 @@ def sample_general_points(
         boxes = torch.randn(*shape, 4, device=device, generator=generator).sigmoid()
     else:
         raise ValueError(f"general point distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
-    return clip_boxes_cxcywh(boxes)
+    return clip_boxes_cxcywh(boxes).expand(num_images, num_points, 4)
 
 
 def _as_range(value: Schedule, what: str) -> Tuple[float, float]:
@@ -207,13 +211,14 @@ def general_to_specific_weights(
 
 # --------------------------------------------------------------------------------- losses
 def sigmoid_class_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mode: str = "bce",
-                               temperature: float = 1.0) -> torch.Tensor:
+                               temperature: float = 1.0, class_mean: bool = False) -> torch.Tensor:
     """Per-point class distillation between two sigmoid (focal-loss) heads.
 
     Args:
         student_logits: [..., N, K]; teacher_logits: [N, K] or broadcastable (detached here).
         mode: ``"bce"``: ``T^2 sum_k [BCE(s_k/T, sigmoid(t_k/T)) - H(sigmoid(t_k/T))]`` (binary
             KL per class); ``"kl"``: ``T^2 KL(softmax(t/T) || softmax(s/T))`` over the K classes.
+        class_mean: average the per-class terms over K instead of summing them (the reference).
 
     Returns:
         [..., N] loss per point (0 where the student's logits equal the teacher's).
@@ -229,7 +234,7 @@ def sigmoid_class_distillation(student_logits: torch.Tensor, teacher_logits: tor
         loss = log_p.exp() * (log_p - s.log_softmax(-1))
     else:
         raise ValueError(f"class loss must be one of {CLASS_LOSSES}, got {mode!r}")
-    return loss.sum(-1) * temperature**2
+    return (loss.mean(-1) if class_mean else loss.sum(-1)) * temperature**2
 
 
 def sigmoid_to_softmax_targets(teacher_logits: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -295,6 +300,15 @@ def weighted_point_mean(values: torch.Tensor, weights: torch.Tensor, eps: float 
     return ((values * w).sum(dims) / w.sum().clamp(min=eps)).sum()
 
 
+def weighted_point_sum(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``sum_d sum_i w_i v_di``: the reference's reduction of its class term (no normaliser).
+
+    Args:
+        values: [D, *P]; weights: [*P].
+    """
+    return (values * weights.detach().float()).sum()
+
+
 def foreground_weights(teacher_logits: torch.Tensor) -> torch.Tensor:
     """[..., K] teacher logits -> [...] its best class probability (sigmoid)."""
     return teacher_logits.detach().float().sigmoid().amax(-1)
@@ -324,6 +338,14 @@ class KDDETR(DistillLoss):
             model's mean detection content, detached; for decoders never trained on zero content).
         point_source: ``"boxes"`` (DETR and Faster R-CNN students) or ``"student_anchors"``
             (RetinaNet / FCOS students: points are the student's own anchors).
+        share_points_across_batch: one set of general points for the whole batch (reference)
+            instead of one per image.
+        foreground_weighting: weight every point by the teacher's best class score ``w_i``
+            (reference: always on); off: ``w_i = 1``.
+        normalization: ``"weighted_mean"``: every term is ``sum_i w_i l_i / sum_i w_i`` per layer;
+            ``"reference"``: as the released code, the class term is ``sum_i w_i mean_k l_ik``
+            (summed over points and layers, averaged over the classes, no normaliser) and the box
+            terms are weighted means.
     """
 
     teacher_families = ("detr",)
@@ -333,7 +355,7 @@ class KDDETR(DistillLoss):
     # weights are left out so that one store serves every schedule; a group switched off when
     # dumping is simply absent (reading it fails with the missing key's name).
     knowledge_args = ("name", "num_general", "num_specific", "distribution", "size_range", "aspect_range",
-                      "content", "point_source")
+                      "content", "point_source", "share_points_across_batch")
 
     def __init__(
         self,
@@ -354,11 +376,15 @@ class KDDETR(DistillLoss):
         giou_weight: float = 2.0,
         content: str = "zero",
         point_source: str = "boxes",
+        share_points_across_batch: bool = False,
+        foreground_weighting: bool = True,
+        normalization: str = "weighted_mean",
     ):
         super().__init__()
         for value, allowed, what in ((class_loss, CLASS_LOSSES, "class_loss"), (distribution, DISTRIBUTIONS,
                                      "distribution"), (content, CONTENTS, "content"),
-                                     (point_source, POINT_SOURCES, "point_source")):
+                                     (point_source, POINT_SOURCES, "point_source"),
+                                     (normalization, NORMALIZATIONS, "normalization")):
             if value not in allowed:
                 raise ValueError(f"KDDETR {what} must be one of {allowed}, got {value!r}")
         if num_specific is not None and num_specific < 1:
@@ -378,6 +404,9 @@ class KDDETR(DistillLoss):
         self.term_weights = {"cls": float(cls_weight), "bbox": float(bbox_weight), "giou": float(giou_weight)}
         self.content = content
         self.point_source = point_source
+        self.share_points_across_batch = bool(share_points_across_batch)
+        self.foreground_weighting = bool(foreground_weighting)
+        self.normalization = normalization
         enabled = {"general": self.num_general > 0 and any(self.general_weight),
                    "specific": any(self.specific_weight)}
         self.groups = tuple(g for g in GROUPS if enabled[g])
@@ -426,12 +455,15 @@ class KDDETR(DistillLoss):
             if "general" in self.groups:
                 out["general"] = sample_general_points(
                     B, self.num_general, distribution=self.distribution, size_range=self.size_range,
-                    aspect_range=self.aspect_range, generator=self.generator).to(det.anchor_logits.device)
+                    aspect_range=self.aspect_range, generator=self.generator,
+                    share_across_batch=self.share_points_across_batch).to(det.anchor_logits.device)
             if "specific" in self.groups:
                 anchors = det.anchor_logits.detach().float()
                 if self.num_specific is not None:
                     anchors = anchors[:, : self.num_specific]
-                out["specific"] = anchors.sigmoid()
+                # Clipped here, once: every model then sees exactly the same boxes (a Faster R-CNN
+                # student can only pool inside the image).
+                out["specific"] = clip_boxes_cxcywh(anchors.sigmoid())
         step.cache[self.name] = out
         return out
 
@@ -522,27 +554,37 @@ class KDDETR(DistillLoss):
                 losses[f"{self.loss_prefix}_{g}_{term}"] = weights[g] * self.term_weights[term] * value
         return losses
 
+    def _point_weights(self, t_logits: torch.Tensor) -> torch.Tensor:
+        """[B, N] weight of every point: the teacher's best class score, or 1."""
+        if self.foreground_weighting:
+            return foreground_weights(t_logits)
+        return torch.ones(t_logits.shape[:-1], device=t_logits.device)
+
+    def _reduce(self, cls, l1, giou, w) -> Dict[str, torch.Tensor]:
+        """The three terms from per-layer, per-point values [D, B, N] and weights [B, N]."""
+        reduce_cls = weighted_point_sum if self.normalization == "reference" else weighted_point_mean
+        return {"cls": reduce_cls(cls, w), "bbox": weighted_point_mean(l1, w),
+                "giou": weighted_point_mean(giou, w)}
+
     def _sigmoid_terms(self, s_logits, s_boxes, t_logits, t_boxes) -> Dict[str, torch.Tensor]:
         """Terms for a sigmoid student: s_* [D, B, N, ...], t_* [B, N, ...]."""
         temperature = self.temperature or _DEFAULT_TEMPERATURE[self.class_loss]
-        w = foreground_weights(t_logits)
-        cls = sigmoid_class_distillation(s_logits, t_logits, self.class_loss, temperature)
+        cls = sigmoid_class_distillation(s_logits, t_logits, self.class_loss, temperature,
+                                         class_mean=self.normalization == "reference")
         l1, giou = box_distillation(s_boxes, t_boxes)
-        return {"cls": weighted_point_mean(cls, w), "bbox": weighted_point_mean(l1, w),
-                "giou": weighted_point_mean(giou, w)}
+        return self._reduce(cls, l1, giou, self._point_weights(t_logits))
 
     def _detr_terms(self, view, group, t_logits, t_boxes):
         decoded = view.record.groups[self.group_name(group)]
         return self._sigmoid_terms(decoded.logits, decoded.boxes, t_logits, t_boxes)
 
     def _rcnn_terms(self, view, points, t_logits, t_boxes):
-        """Faster R-CNN student: its box head at the points (clipped, in input pixels)."""
+        """Faster R-CNN student: its box head at the points (already clipped, in input pixels)."""
         from d2kd.meta_arch.views import rcnn_predict_at
 
         B, N, _ = points.shape
         scales = [points.new_tensor([w, h, w, h]) for h, w in view.images.image_sizes]
-        clipped = clip_boxes_cxcywh(points)
-        boxes = [box_cxcywh_to_xyxy(clipped[b]) * scales[b] for b in range(B)]
+        boxes = [box_cxcywh_to_xyxy(points[b]) * scales[b] for b in range(B)]
         logits, decoded = rcnn_predict_at(view, boxes)  # [B*N, K+1], [B*N, K', 4]
         decoded = decoded.view(B, N, -1, 4)
         if decoded.shape[2] > 1:  # class-specific regression: the teacher's top class
@@ -550,11 +592,11 @@ class KDDETR(DistillLoss):
             decoded = decoded.gather(2, top[..., None, None].expand(B, N, 1, 4))
         s_boxes = box_xyxy_to_cxcywh(decoded[:, :, 0] / torch.stack(scales)[:, None])
         temperature = self.temperature or 1.0
-        w = foreground_weights(t_logits)
         cls = softmax_class_distillation(logits.view(B, N, -1), sigmoid_to_softmax_targets(t_logits), temperature)
+        if self.normalization == "reference":
+            cls = cls / logits.shape[-1]  # the reference's mean over the classes
         l1, giou = box_distillation(s_boxes, t_boxes)
-        return {"cls": weighted_point_mean(cls[None], w), "bbox": weighted_point_mean(l1[None], w),
-                "giou": weighted_point_mean(giou[None], w)}
+        return self._reduce(cls[None], l1[None], giou[None], self._point_weights(t_logits))
 
     def _dense_terms(self, step: DistillStep):
         """RetinaNet / FCOS student: points are its anchors, decoded by the teacher afterwards."""
@@ -575,15 +617,19 @@ class KDDETR(DistillLoss):
         B = logits.shape[0]
         scales = torch.stack([anchors.new_tensor([w, h, w, h]) for h, w in view.images.image_sizes])  # [B, 4]
         norm_anchors = box_xyxy_to_cxcywh(anchors[None] / scales[:, None])  # [B, M, 4]
+        # Only anchors that lie wholly inside the image are points: the student predicts at its
+        # anchor as it is, and the teacher decodes the same box (its clip below is then a no-op).
+        inside = [_inside_anchors(norm_anchors[b]) for b in range(B)]
         index = {}
         if "general" in self.groups:
-            index["general"] = torch.stack([_random_inside(norm_anchors[b], self.num_general, self.generator)
+            index["general"] = torch.stack([_random_inside(inside[b], self.num_general, self.generator)
                                             for b in range(B)])
         if "specific" in self.groups:
             spec = record.queries.anchor_logits.detach().float().sigmoid()
             if self.num_specific is not None:
                 spec = spec[:, : self.num_specific]
-            index["specific"] = torch.stack([_best_anchor(spec[b], norm_anchors[b]) for b in range(B)])
+            index["specific"] = torch.stack([inside[b][_best_anchor(spec[b], norm_anchors[b][inside[b]])]
+                                             for b in range(B)])
         teacher_model, enc = step.teacher.model, record.enc
         out = {}
         for g, idx in index.items():
@@ -601,12 +647,22 @@ class KDDETR(DistillLoss):
         return out
 
 
-def _random_inside(norm_anchors: torch.Tensor, num: int, generator: torch.Generator) -> torch.Tensor:
-    """[num] random indices of anchors ([M, 4] normalised cxcywh) centred inside the image
-    (without replacement when there are enough); drawn on the CPU with ``generator``."""
-    inside = ((norm_anchors[:, :2] > 0) & (norm_anchors[:, :2] < 1)).all(-1).nonzero()[:, 0]
-    if inside.numel() == 0:
-        inside = torch.arange(norm_anchors.shape[0], device=norm_anchors.device)
+def _inside_anchors(norm_anchors: torch.Tensor) -> torch.Tensor:
+    """Indices of the anchors ([M, 4] normalised cxcywh) lying wholly inside the image; if there
+    are none (an image smaller than every anchor), of those centred inside; else of all."""
+    xyxy = box_cxcywh_to_xyxy(norm_anchors)
+    eps = 1e-6
+    for keep in ((xyxy[:, :2] >= -eps).all(-1) & (xyxy[:, 2:] <= 1 + eps).all(-1),
+                 ((norm_anchors[:, :2] > 0) & (norm_anchors[:, :2] < 1)).all(-1)):
+        index = keep.nonzero()[:, 0]
+        if index.numel():
+            return index
+    return torch.arange(norm_anchors.shape[0], device=norm_anchors.device)
+
+
+def _random_inside(inside: torch.Tensor, num: int, generator: torch.Generator) -> torch.Tensor:
+    """[num] random entries of ``inside`` (anchor indices), without replacement when there are
+    enough; drawn on the CPU with ``generator``."""
     if inside.numel() >= num:
         pick = torch.randperm(inside.numel(), generator=generator)[:num]
     else:

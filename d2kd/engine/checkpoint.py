@@ -114,6 +114,13 @@ def check_checkpoint_file(path: str, what: str = "checkpoint") -> None:
             f"{missing_weights_hint(path) if 'ImageNetPretrained/' in path else 'download it'} "
             "and set the path to the local file"
         )
+    from .backbone_pretrain import is_builtin_backbone, verify_weights  # imports this module
+
+    if is_builtin_backbone(path):
+        from ..data import DEFAULT_SPEC
+
+        verify_weights(path, shapes=DEFAULT_SPEC)  # exists, sha256, versions, depth, data spec
+        return
     if not os.path.isfile(path):
         raise CheckpointError(f"{what} not found: {path!r}; {missing_weights_hint(path)}")
     if path.endswith(".pth"):

@@ -4,9 +4,11 @@ Shared by the demo (``python -m d2kd.tools.demo``) and ``benchmarks/kd_gain.py``
 child ``train_net.py`` process (so a crash in one run names its log and stops the sequence) whose
 output goes to ``<output_dir>/train_net.log``; progress lines with the run's and the whole
 sequence's ETA are printed while it trains. A finished run leaves ``<output_dir>/d2kd_run.json``
-(written atomically) with its AP and seconds per iteration; a later sequence with the same config
-path, iterations and overrides reuses it instead of training again (the key does not cover the
-config files' contents: after editing a config, delete its finished runs).
+(written atomically) with its AP and seconds per iteration; a later sequence reuses it instead of
+training again when the run's key is unchanged: the config path, iterations and overrides, the
+text of the config file and of every config file it imports (so editing a config retrains the
+runs that use it), and the identity of the files the run depends on (``Run.depends_on``: the
+pretrained backbone, by the sha256 in its manifest; a teacher run, by its own key).
 """
 import dataclasses
 import hashlib
@@ -18,7 +20,7 @@ import subprocess
 import sys
 import time
 import warnings
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Set
 
 # detectron2 still calls torch.jit.script at import time; the deprecation notice is noise here.
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
@@ -29,6 +31,49 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 RESULT_FILE = "d2kd_run.json"
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 _ITER_LINE = re.compile(r"eta: (\S+)\s+iter: (\d+)")
+_RELATIVE_IMPORT = re.compile(r"^\s*from\s+(\.+)([\w.]*)\s+import\s+(.+)$", re.M)
+
+
+def config_sources(path: str, seen: Optional[Set[str]] = None) -> List[str]:
+    """``path`` and every config file it imports by relative import, recursively (sorted)."""
+    seen = set() if seen is None else seen
+    path = os.path.abspath(path)
+    if path in seen or not os.path.isfile(path):
+        return sorted(seen)
+    seen.add(path)
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    for dots, module, names in _RELATIVE_IMPORT.findall(text):
+        base = os.path.dirname(path)
+        for _ in range(len(dots) - 1):
+            base = os.path.dirname(base)
+        target = os.path.join(base, *module.split(".")) if module else base
+        candidates = [target + ".py", os.path.join(target, "__init__.py")]
+        if not module:  # `from . import x`: x is a file of this folder
+            candidates = [os.path.join(base, n.strip().split(" ")[0] + ".py") for n in names.split(",")]
+        for c in candidates:
+            config_sources(c, seen)
+    return sorted(seen)
+
+
+def file_identity(path: str) -> str:
+    """What a run depending on ``path`` is keyed by: a built-in backbone's manifest sha256, a
+    finished run's own key (its ``d2kd_run.json``), else the sha256 of the file; "missing"."""
+    manifest = os.path.splitext(path)[0] + ".json"
+    try:
+        if os.path.basename(path) == RESULT_FILE:
+            with open(path) as f:
+                return json.load(f)["fingerprint"]
+        if path.endswith(".pth") and os.path.isfile(manifest):
+            with open(manifest) as f:
+                return json.load(f)["sha256"]
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        return h.hexdigest()
+    except (OSError, KeyError, json.JSONDecodeError):
+        return "missing"
 
 
 @dataclasses.dataclass
@@ -38,10 +83,14 @@ class Run:
     Args:
         name: row label.
         config: config file, relative to the repository root or absolute.
-        output_dir: where train_net writes (``train.output_dir``).
+        output_dir: where train_net writes (``train.output_dir``); a relative path is relative to
+            the repository root (where the children run), whatever the caller's directory, and
+            stays relative in the overrides, so that runs keyed by it match across clones.
         max_iter: training length (``train.max_iter``).
         overrides: further ``key=value`` overrides.
         sec_per_iter: a prior for the ETA before the run has measured its own speed.
+        depends_on: files whose identity enters the run's key (:func:`file_identity`), e.g. the
+            pretrained backbone it starts from and the ``d2kd_run.json`` of its teacher's run.
     """
 
     name: str
@@ -50,6 +99,12 @@ class Run:
     max_iter: int
     overrides: Sequence[str] = ()
     sec_per_iter: float = 1.0
+    depends_on: Sequence[str] = ()
+
+    @property
+    def path(self) -> str:
+        """``output_dir`` as an absolute path."""
+        return os.path.join(ROOT, self.output_dir)
 
     def argv(self) -> List[str]:
         config = self.config if os.path.isabs(self.config) else os.path.join(ROOT, self.config)
@@ -58,7 +113,13 @@ class Run:
                 *self.overrides]
 
     def fingerprint(self) -> str:
-        key = json.dumps([self.config, self.max_iter, list(self.overrides)])
+        config = self.config if os.path.isabs(self.config) else os.path.join(ROOT, self.config)
+        sources = hashlib.sha256()
+        for path in config_sources(config):
+            with open(path, "rb") as f:
+                sources.update(f.read())
+        key = json.dumps([self.config, self.max_iter, list(self.overrides), sources.hexdigest(),
+                          [file_identity(p) for p in self.depends_on]])
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -78,7 +139,7 @@ def _fmt_seconds(seconds: float) -> str:
 
 def result_from_metrics(run: Run) -> RunResult:
     """AP of the last evaluation and the median step time, read from the run's metrics.json."""
-    records = read_metrics(os.path.join(run.output_dir, "metrics.json"))
+    records = read_metrics(os.path.join(run.path, "metrics.json"))
     evals = [r for r in records if "bbox/AP" in r]
     if not evals:
         raise RuntimeError(f"run '{run.name}' finished without a bbox evaluation in "
@@ -86,12 +147,12 @@ def result_from_metrics(run: Run) -> RunResult:
     ap = {k: float(evals[-1].get(f"bbox/{k}", float("nan"))) for k in AP_KEYS}
     times = [r["time"] for r in records if "time" in r and r.get("iteration", 0) >= run.max_iter // 2]
     times = times or [r["time"] for r in records if "time" in r]
-    return RunResult(run.name, ap, statistics.median(times) if times else float("nan"), run.output_dir)
+    return RunResult(run.name, ap, statistics.median(times) if times else float("nan"), run.path)
 
 
 def load_result(run: Run) -> Optional[RunResult]:
     """The stored result of an identical earlier run, or None."""
-    path = os.path.join(run.output_dir, RESULT_FILE)
+    path = os.path.join(run.path, RESULT_FILE)
     try:
         with open(path) as f:
             stored = json.load(f)
@@ -99,15 +160,15 @@ def load_result(run: Run) -> Optional[RunResult]:
         return None
     if stored.get("fingerprint") != run.fingerprint():
         return None
-    if not os.path.isfile(os.path.join(run.output_dir, "model_final.pth")):
+    if not os.path.isfile(os.path.join(run.path, "model_final.pth")):
         return None
-    return RunResult(run.name, stored["ap"], stored["sec_per_iter"], run.output_dir, reused=True)
+    return RunResult(run.name, stored["ap"], stored["sec_per_iter"], run.path, reused=True)
 
 
 def save_result(run: Run, result: RunResult) -> None:
     payload = {"fingerprint": run.fingerprint(), "argv": run.argv()[1:], "ap": result.ap,
                "sec_per_iter": result.sec_per_iter}
-    _atomic_write(os.path.join(run.output_dir, RESULT_FILE),
+    _atomic_write(os.path.join(run.path, RESULT_FILE),
                   lambda f: f.write(json.dumps(payload, indent=1).encode()))
 
 
@@ -124,8 +185,8 @@ class RunSequence:
         return sum(r.max_iter * r.sec_per_iter for r in self.runs[index + 1:])
 
     def _train(self, index: int, run: Run) -> None:
-        os.makedirs(run.output_dir, exist_ok=True)
-        log_path = os.path.join(run.output_dir, "train_net.log")
+        os.makedirs(run.path, exist_ok=True)
+        log_path = os.path.join(run.path, "train_net.log")
         header = f"[{self.title} {index + 1}/{len(self.runs)} {run.name}]"
         print(f"{header} training {run.max_iter} iterations; log: {log_path}", flush=True)
         run_start = time.time()

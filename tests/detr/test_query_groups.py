@@ -115,3 +115,34 @@ def test_run_with_extra_groups(build_model, inputs):
     assert len(calls) == 1 and calls[0][1] is record.queries
     assert set(record.groups) == {"kd"} and record.groups["kd"].logits.shape[:3] == (2, 2, 4)
     assert _same(record.outputs, plain.outputs)
+
+
+def test_independent_sets_follow_sees():
+    from d2kd.detr.queries import independent_sets
+
+    def group(name, sees=()):
+        return QueryGroup(name, torch.zeros(1, 1, 2), torch.zeros(1, 1, 4), sees=sees)
+
+    groups = [group("det"), group("kd_a"), group("dn", sees=("det",)), group("kd_b"), group("x", sees=("kd_b",))]
+    assert independent_sets(groups) == [[0, 2], [1], [3, 4]]
+    with pytest.raises(ValueError, match="unique"):
+        independent_sets([group("a"), group("a")])
+    with pytest.raises(ValueError, match="unknown"):
+        independent_sets([group("a", sees=("b",))])
+
+
+def test_separate_passes_equal_one_masked_pass(build_model, inputs):
+    """decode() runs one pass per independent set; the outputs are those of a single masked
+    pass over every group (the old behaviour), denoising included."""
+    model = build_model("dino")
+    model.train()
+    images, targets, enc, det = _prepare(model, inputs)
+    dn, _ = model.make_denoising_queries(targets, det)
+    groups = [det, dn, _extra_group(det, 5, "kd_a"), _extra_group(det, 7, "kd_b")]
+    model.eval()  # dropout off: both paths must be deterministic
+    with torch.no_grad():
+        separate = model.decode(enc, groups)
+        together = model._decode_together(enc, groups)
+    assert list(separate) == [g.name for g in groups]
+    for name in separate:
+        assert _same(separate[name], together[name]), name
