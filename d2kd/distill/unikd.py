@@ -120,6 +120,9 @@ from .levels import valid_mask
 logger = logging.getLogger(__name__)
 
 KNOWLEDGE_KEYS = ("q_ct", "ref_ct", "z_ct", "positive_ct", "q_pos", "boxes", "z_pos", "positive_pos")
+PAPER_REPORTED_PARAMETERS = 1.56e6  # Sec. 3.2.1, both AKEs
+# AKEPair layer sizes closest to the paper's parameter count (module doc): L(AKEPair)(**PAPER_SIZED_AKE, ...)
+PAPER_SIZED_AKE = dict(num_heads=8, num_points=4, ffn_dim=256)
 AKE_PREFIX = "ake."
 
 
@@ -389,6 +392,17 @@ class AKEPair(nn.Module):
                   num_heads=num_heads, num_points=num_points, ffn_dim=ffn_dim, dropout=dropout)
         self.ct = AKE(positional=False, **kw)
         self.pos = AKE(positional=True, **kw)
+        count = self.num_parameters()
+        logger.info("UniKD AKE pair: %.2fM parameters (%.2fM without the FFN heads; the paper reports %.2fM)",
+                    count / 1e6, self.num_parameters(heads=False) / 1e6, PAPER_REPORTED_PARAMETERS / 1e6)
+
+    def num_parameters(self, heads: bool = True) -> int:
+        """Parameters of both AKEs; ``heads=False`` leaves out the stage-1 class/box heads."""
+        total = sum(p.numel() for p in self.parameters())
+        if not heads:
+            total -= sum(p.numel() for a in (self.ct, self.pos) for m in (a.class_head, a.box_head)
+                         for p in m.parameters())
+        return total
 
     @property
     def stride_list(self) -> List[int]:
@@ -579,6 +593,10 @@ class UniKD(DistillLoss):
     """
 
     supports_offline = True
+    # What the stored knowledge depends on (the store identity): the frozen AKEs (config and
+    # checkpoint) and the matcher that marks P of the content queries. Student-side settings
+    # (student_channels, the adaptor) and the loss weights are not: one store serves any student.
+    knowledge_args = ("ake", "matcher")
 
     def __init__(self, *, ake: FrozenAKE, student_channels: int, name: str = "unikd", lambda_ct: float = 10.0,
                  lambda_pos: float = 10.0, adaptor_layers: int = 2, adaptor_heads: int = 8, adaptor_points: int = 4,

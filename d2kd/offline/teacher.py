@@ -94,6 +94,8 @@ class OfflineTeacher(nn.Module):
             the store must have been dumped with. A plain dict, so neither is built.
         weights: the teacher checkpoint the store was dumped with (fingerprinted, not loaded).
         allow_uninitialized: accept ``weights=""`` (a store dumped from a random teacher; tests).
+        flip_channels, amp_dtype: how the teacher was run for the dump (those of
+            :class:`~d2kd.meta_arch.FrozenTeacher`; part of the store's identity).
         simulate: no store; compute each step's knowledge with the built teacher (module doc).
         simulate_float_dtype: the storage dtype ``simulate`` rounds through.
     """
@@ -109,6 +111,8 @@ class OfflineTeacher(nn.Module):
         allow_uninitialized: bool = False,
         simulate: bool = False,
         simulate_float_dtype: str = "float16",
+        flip_channels: bool = False,
+        amp_dtype: Optional[str] = None,
     ):
         super().__init__()
         if not isinstance(expected, Mapping) or "teacher" not in expected:
@@ -124,6 +128,8 @@ class OfflineTeacher(nn.Module):
             raise ValueError(f"simulate_float_dtype must be one of {FLOAT_DTYPES}")
         self.store = store
         self.weights = weights
+        self.flip_channels = bool(flip_channels)
+        self.amp_dtype = amp_dtype
         self.teacher_config = expected["teacher"]
         self.losses_config = losses_nodes(expected.get("losses"))
         self.family = family_of_config(self.teacher_config)
@@ -143,7 +149,8 @@ class OfflineTeacher(nn.Module):
             logger.warning("OfflineTeacher(simulate=True): the teacher runs on every step and no "
                            "store is read (smoke tests only)")
             self.frozen = FrozenTeacher(instantiate(self.teacher_config), weights,
-                                        allow_uninitialized=allow_uninitialized)
+                                        allow_uninitialized=allow_uninitialized, amp_dtype=amp_dtype,
+                                        flip_channels=flip_channels)
         else:
             self._check_store()
         super().train(False)
@@ -171,7 +178,8 @@ class OfflineTeacher(nn.Module):
         if header.get("format") != FORMAT:
             raise StoreMismatchError(f"{path} is not a d2kd knowledge store")
         identity = header["identity"]
-        expected = teacher_identity(self.teacher_config, self.weights)
+        expected = teacher_identity(self.teacher_config, self.weights, flip_channels=self.flip_channels,
+                                    amp_dtype=self.amp_dtype)
         lines = describe_differences(identity["teacher"], expected, "teacher")
         if lines:
             raise StoreMismatchError(f"{path} was dumped from another teacher:\n  " + "\n  ".join(lines))

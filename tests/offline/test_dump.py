@@ -110,6 +110,18 @@ def test_loss_weights_do_not_define_the_store(unikd_store, weights, tiny):
     assert instantiate(cfg.model).offline
 
 
+def test_store_dumped_from_rgb_input_is_refused_for_a_flipping_teacher(unikd_store, weights, tiny):
+    cfg = tiny.config(UNIKD, weights=weights, store=unikd_store[0], extra=["model.teacher.flip_channels=True"])
+    with pytest.raises(StoreMismatchError, match=r"another teacher:\n  teacher.flip_channels: store false, config true"):
+        instantiate(cfg.model)
+
+
+def test_a_store_serves_another_student_adaptor(unikd_store, weights, tiny):
+    cfg = tiny.config(UNIKD, weights=weights, store=unikd_store[0],
+                      extra=["model.losses.unikd.adaptor_layers=2", "model.losses.unikd.adaptor_heads=4"])
+    assert instantiate(cfg.model).offline
+
+
 def test_store_of_another_dataset_method_or_format_is_refused(unikd_store, weights, tiny):
     unikd_store = unikd_store[0]
     cfg = tiny.config(UNIKD, weights=weights, store=unikd_store,
