@@ -26,6 +26,10 @@ from typing import Dict, List, Mapping, Optional
 import torch
 from torch import nn
 
+from d2kd.distill.base import DistillStep
+from d2kd.meta_arch.base import KnowledgeSource, run_teacher
+from d2kd.meta_arch.teacher import FrozenTeacher, TeacherCheckpointError
+
 from .identity import config_target, describe_differences, method_identity, teacher_identity
 from .store import (
     HEADER,
@@ -85,8 +89,9 @@ def num_classes_of_config(model_cfg) -> Optional[int]:
     return None
 
 
-class OfflineTeacher(nn.Module):
-    """A teacher known by its config and weights, whose knowledge is read from a store.
+class OfflineTeacher(KnowledgeSource):
+    """A teacher known by its config and weights, whose knowledge is read from a store (the
+    :class:`~d2kd.meta_arch.base.KnowledgeSource` of offline distillation).
 
     Args:
         store: the knowledge store directory (its ``store.json`` is read and compared).
@@ -119,8 +124,6 @@ class OfflineTeacher(nn.Module):
             raise TypeError("OfflineTeacher needs expected=dict(teacher=<teacher model config>, "
                             "losses=<losses config>)")
         if not weights and not allow_uninitialized:
-            from d2kd.meta_arch.teacher import TeacherCheckpointError
-
             raise TeacherCheckpointError(
                 "no teacher checkpoint given: set model.teacher.weights to the checkpoint the "
                 "knowledge store was dumped with (it is fingerprinted, not loaded)")
@@ -143,8 +146,6 @@ class OfflineTeacher(nn.Module):
                             "not a supported detector (d2kd DETR, GeneralizedRCNN, RetinaNet, FCOS)")
         if simulate:
             from detectron2.config import instantiate
-
-            from d2kd.meta_arch.teacher import FrozenTeacher
 
             logger.warning("OfflineTeacher(simulate=True): the teacher runs on every step and no "
                            "store is read (smoke tests only)")
@@ -228,9 +229,6 @@ class OfflineTeacher(nn.Module):
         return out
 
     def _simulated(self, step, losses, device):
-        from d2kd.distill.base import DistillStep
-        from d2kd.meta_arch.base import run_teacher
-
         t_step = DistillStep(batched_inputs=step.batched_inputs, targets=step.targets,
                              iteration=step.iteration, max_iter=step.max_iter)
         run_teacher(self.frozen, list(losses.values()), t_step)
