@@ -10,6 +10,12 @@ For a distillation config (online, or its offline twin), :func:`dump_knowledge`:
    :class:`~d2kd.offline.views.ViewMapper`, batches items of the same input size (so no image is
    padded to another's size and the knowledge of an image does not depend on its batch), runs a
    teacher-only step per batch and collects each method's ``export_knowledge``;
+   online, an image is padded to the largest of its batch instead. The stored knowledge equals
+   the online one whenever the teacher's features at an image's cells ignore the padding
+   (masks, valid ratios and views handle the rest; tested to 1e-5 on mixed sizes); a DETR
+   teacher's channel mapper takes GroupNorm statistics over the padded map, so its knowledge
+   of a padded image depends on its online batch, and the store holds the padding-free value
+   (tests/offline/test_dump.py states the measured difference);
 4. writes the shard (atomic; the index follows), logging progress and an ETA.
 
 Before each batch the global random generators (torch, numpy, random) and every
