@@ -30,7 +30,7 @@ model = L(DistillDETR)(
     student=_student,
     teacher=L(FrozenTeacher)(model=_teacher, weights="output/deformable_detr_R101_50ep/model_final.pth"),
     losses={
-        "ld": L(HungarianLogitsDistill)(weight=1.0, score_threshold=0.3),
+        "ld": L(HungarianLogitsDistill)(weight=1.0, score_threshold=0.3, class_target="soft"),
         "fd": L(TargetAwareFeatureDistill)(
             student_channels="${model.student.embed_dim}",
             teacher_channels="${model.teacher.model.embed_dim}",

@@ -6,9 +6,9 @@
 #   python train_net.py --config-file configs/unikd/dino_R50_absorb_builtin.py
 from detectron2.config import LazyCall as L
 
-from d2kd.distill.unikd import AKEPair, UniKDAbsorb
+from d2kd.distill.unikd import AKEPair
 from d2kd.engine.model_zoo import LRMultiplierByName
-from d2kd.meta_arch import FrozenTeacher
+from d2kd.meta_arch import FrozenTeacher, UniKDAbsorb
 
 from ..common.optim import AdamW as optimizer
 from ..common.schedule import multistep

@@ -3,8 +3,8 @@
 # P2-P6, strides 4-64, width 128). Sizes and schedule as dino_R50_absorb_builtin.py.
 from detectron2.config import LazyCall as L
 
-from d2kd.distill.unikd import AKEPair, UniKDAbsorb
-from d2kd.meta_arch import FrozenTeacher
+from d2kd.distill.unikd import AKEPair
+from d2kd.meta_arch import FrozenTeacher, UniKDAbsorb
 
 from ..baselines.faster_rcnn_R50_fpn_builtin import dataloader, model as teacher_model, train
 from .dino_R50_absorb_builtin import lr_multiplier, optimizer

@@ -3,8 +3,8 @@
 # DETR's recipe, 15 epochs at batch 16). The teacher's own data pipeline (BGR, MSRA weights).
 from detectron2.config import LazyCall as L
 
-from d2kd.distill.unikd import AKEPair, UniKDAbsorb
-from d2kd.meta_arch import FrozenTeacher
+from d2kd.distill.unikd import AKEPair
+from d2kd.meta_arch import FrozenTeacher, UniKDAbsorb
 
 from ..baselines.retinanet_R50_fpn_1x import dataloader, model as teacher_model, train
 from .dino_R50_absorb import COCO_EPOCH, lr_multiplier, optimizer

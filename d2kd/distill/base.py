@@ -16,7 +16,7 @@ step. When training from a store there is no teacher pass: ``step.teacher`` is N
 ``step.knowledge`` holds the stored tensors of each image (for the exact transform of the image),
 and ``teacher_groups`` is not called; ``forward`` must then give the same loss as online.
 
-``step.teacher`` / ``step.student`` are :class:`~d2kd.meta_arch.views.DetectorView` objects:
+``step.teacher`` / ``step.student`` are :class:`~d2kd.distill.views.DetectorView` objects:
 multi-scale features with their strides for every family, plus the :class:`DETRRecord` of a
 DETR or the raw outputs of a detectron2 detector. ``step.cache`` is where a method keeps what its
 hooks share within the step (e.g. the points it sampled for both models).

@@ -580,7 +580,7 @@ class KDDETR(DistillLoss):
 
     def _rcnn_terms(self, view, points, t_logits, t_boxes):
         """Faster R-CNN student: its box head at the points (already clipped, in input pixels)."""
-        from d2kd.meta_arch.views import rcnn_predict_at
+        from .views import rcnn_predict_at
 
         B, N, _ = points.shape
         scales = [points.new_tensor([w, h, w, h]) for h, w in view.images.image_sizes]

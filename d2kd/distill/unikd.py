@@ -3,7 +3,8 @@ Extractors (AKEs), for any teacher/student pair (DETRs, Faster R-CNN, RetinaNet,
 
 Two stages (paper Sec. 3.2, Fig. 2), each a normal ``train_net.py`` run:
 
-1. **absorbing** (Sec. 3.2.2, Eq. 6): :class:`UniKDAbsorb`, a meta-architecture of its own, trains
+1. **absorbing** (Sec. 3.2.2, Eq. 6): :class:`~d2kd.meta_arch.UniKDAbsorb` (in
+   ``d2kd/meta_arch/unikd_absorb.py``: a meta-architecture, above the methods), trains
    the two AKEs on the frozen teacher's multi-scale features with DETR-style losses. The student
    is not involved; the checkpoint holds the AKEs (and their FFN heads) only, as ``ake.*``.
 2. **injecting** (Sec. 3.2.3, Eq. 7-8): :class:`UniKD`, a :class:`DistillLoss` for
@@ -90,12 +91,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from detectron2.modeling import META_ARCH_REGISTRY
-from detectron2.modeling.postprocessing import detector_postprocess
-from detectron2.structures import Boxes, Instances
 from torch import nn
 
-from d2kd.detr.criterion import SetCriterion
 from d2kd.detr.matcher import HungarianMatcher
 from d2kd.detr.transformer import encoder_reference_points
 from d2kd.layers import (
@@ -110,16 +107,16 @@ from d2kd.layers import (
     prior_bias,
 )
 
-from d2kd.meta_arch.base import _num_classes, normalized_targets
-from d2kd.meta_arch.teacher import FrozenTeacher, TeacherCheckpointError, TeacherHolder, check_state_dict_fits
-from d2kd.meta_arch.views import model_family, run_detector
-
 from .base import DistillLoss, DistillStep
+from .frozen import TeacherCheckpointError, check_state_dict_fits
 from .levels import valid_mask
 
 logger = logging.getLogger(__name__)
 
 KNOWLEDGE_KEYS = ("q_ct", "ref_ct", "z_ct", "positive_ct", "q_pos", "boxes", "z_pos", "positive_pos")
+PAPER_REPORTED_PARAMETERS = 1.56e6  # Sec. 3.2.1, both AKEs
+# AKEPair layer sizes closest to the paper's parameter count (module doc): L(AKEPair)(**PAPER_SIZED_AKE, ...)
+PAPER_SIZED_AKE = dict(num_heads=8, num_points=4, ffn_dim=256)
 AKE_PREFIX = "ake."
 
 
@@ -389,6 +386,17 @@ class AKEPair(nn.Module):
                   num_heads=num_heads, num_points=num_points, ffn_dim=ffn_dim, dropout=dropout)
         self.ct = AKE(positional=False, **kw)
         self.pos = AKE(positional=True, **kw)
+        count = self.num_parameters()
+        logger.info("UniKD AKE pair: %.2fM parameters (%.2fM without the FFN heads; the paper reports %.2fM)",
+                    count / 1e6, self.num_parameters(heads=False) / 1e6, PAPER_REPORTED_PARAMETERS / 1e6)
+
+    def num_parameters(self, heads: bool = True) -> int:
+        """Parameters of both AKEs; ``heads=False`` leaves out the stage-1 class/box heads."""
+        total = sum(p.numel() for p in self.parameters())
+        if not heads:
+            total -= sum(p.numel() for a in (self.ct, self.pos) for m in (a.class_head, a.box_head)
+                         for p in m.parameters())
+        return total
 
     @property
     def stride_list(self) -> List[int]:
@@ -579,6 +587,10 @@ class UniKD(DistillLoss):
     """
 
     supports_offline = True
+    # What the stored knowledge depends on (the store identity): the frozen AKEs (config and
+    # checkpoint) and the matcher that marks P of the content queries. Student-side settings
+    # (student_channels, the adaptor) and the loss weights are not: one store serves any student.
+    knowledge_args = ("ake", "matcher")
 
     def __init__(self, *, ake: FrozenAKE, student_channels: int, name: str = "unikd", lambda_ct: float = 10.0,
                  lambda_pos: float = 10.0, adaptor_layers: int = 2, adaptor_heads: int = 8, adaptor_points: int = 4,
@@ -675,98 +687,3 @@ class UniKD(DistillLoss):
             "loss_kd_unikd_ct": self.lambda_ct * decoupled_mse(z_ct, know["z_ct"], know["positive_ct"]),
             "loss_kd_unikd_pos": self.lambda_pos * decoupled_mse(z_pos, know["z_pos"], know["positive_pos"]),
         }
-
-
-# --------------------------------------------------------------------------- stage 1
-@META_ARCH_REGISTRY.register()
-class UniKDAbsorb(TeacherHolder):
-    """UniKD's absorbing stage: trains the AKEs on a frozen teacher's features (Eq. 6).
-
-    Training returns ``loss_{ct,pos}_{class,bbox,giou}``: the content AKE's FFN(z_ct) Hungarian-
-    matched to the ground truth, the positional AKE's FFN(z_pos) under the known assignment
-    (module doc). Evaluation returns the content AKE's predictions as detections (top
-    ``select_topk`` query-class pairs by sigmoid score), so the evaluator reports how much the AKE
-    absorbed (the "Teacher" AP of Tab. 6f). The teacher is held unregistered (not in
-    ``parameters()``, ``state_dict()``, the optimizer or DDP): the checkpoint is ``ake.*`` only.
-
-    Args:
-        teacher: the frozen teacher (any d2kd DETR or detectron2 Faster R-CNN / RetinaNet / FCOS).
-        ake: the AKEs to train.
-        loss_weights: of ``loss_class`` / ``loss_bbox`` / ``loss_giou`` (Deformable DETR: 2/5/2).
-        matcher: for the content queries (Deformable DETR's 2/5/2 costs by default).
-        focal_alpha, focal_gamma: of the focal class loss.
-        select_topk: detections per image at evaluation.
-    """
-
-    def __init__(self, *, teacher: FrozenTeacher, ake: AKEPair, loss_weights: Optional[Mapping[str, float]] = None,
-                 matcher: Optional[HungarianMatcher] = None, focal_alpha: float = 0.25, focal_gamma: float = 2.0,
-                 select_topk: int = 100):
-        super().__init__()
-        if not isinstance(teacher, FrozenTeacher):
-            raise TypeError(f"teacher must be a d2kd.meta_arch.FrozenTeacher, got {type(teacher).__name__}")
-        if model_family(teacher.model) == "other":
-            raise TypeError(f"UniKDAbsorb cannot run a {type(teacher.model).__name__} teacher: supported are "
-                            "d2kd DINO / DeformableDETR and detectron2 GeneralizedRCNN, RetinaNet, FCOS")
-        num_t = _num_classes(teacher.model)
-        if num_t is not None and num_t != ake.num_classes:
-            raise ValueError(f"the AKEs have {ake.num_classes} classes, the teacher {num_t}: set the AKE's "
-                             "num_classes to the teacher's")
-        self.hold_teacher(teacher)
-        self.ake = ake
-        weights = {"loss_class": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0}
-        weights.update(loss_weights or {})
-        matcher = matcher if matcher is not None else HungarianMatcher(2.0, 5.0, 2.0)
-        self.criterion = SetCriterion(ake.num_classes, matcher, weights, focal_alpha, focal_gamma)
-        self.select_topk = select_topk
-
-    @property
-    def device(self) -> torch.device:
-        return self.ake.strides.device
-
-    def forward(self, batched_inputs):
-        with self.teacher.autocast() as teacher:
-            _, view = run_detector(teacher, self.teacher.prepare_inputs(batched_inputs), with_losses=False)
-        pyr = self.ake.teacher_pyramid(view)
-        q_ct, ref_ct = self.ake.ct.generate(pyr)
-        logits, boxes = self.ake.ct.predict(self.ake.ct.extract(q_ct, ref_ct, pyr), ref_ct)
-        if not self.training:
-            return self.inference(logits, boxes, view.images.image_sizes, batched_inputs)
-        targets = normalized_targets(batched_inputs, self.device)
-        losses = self.content_losses(logits, boxes, targets)
-        hat, _, gt_index = self.ake.sample_boxes(targets)
-        q_pos, _ = self.ake.pos.generate(pyr, hat)
-        logits_pos, boxes_pos = self.ake.pos.predict(self.ake.pos.extract(q_pos, hat, pyr), hat)
-        losses.update(self.positional_losses(logits_pos, boxes_pos, targets, gt_index))
-        return losses
-
-    def content_losses(self, logits, boxes, targets) -> Dict[str, torch.Tensor]:
-        """Eq. 6 for AKE_ct: bipartite matching of FFN(z_ct) [B, N, K] / [B, N, 4] to the GT."""
-        indices = self.criterion.matcher(logits, boxes, targets)
-        num = self.criterion.num_boxes(targets, logits.device)
-        losses = self.criterion.loss_for_indices(logits, boxes, targets, indices, num)
-        return {k.replace("loss_", "loss_ct_"): v for k, v in losses.items()}
-
-    def positional_losses(self, logits, boxes, targets, gt_index) -> Dict[str, torch.Tensor]:
-        """Eq. 6 for AKE_pos under the known assignment: query i < N'_b is positive with ground
-        truth ``gt_index[b][i]`` (sigma(i) = i), the rest negative. No matching."""
-        kept = [{"labels": t["labels"][g], "boxes": t["boxes"][g]} for t, g in zip(targets, gt_index)]
-        indices = [(torch.arange(len(g), device=logits.device),) * 2 for g in gt_index]
-        num = self.criterion.num_boxes(kept, logits.device)
-        losses = self.criterion.loss_for_indices(logits, boxes, kept, indices, num)
-        return {k.replace("loss_", "loss_pos_"): v for k, v in losses.items()}
-
-    def inference(self, logits, boxes, image_sizes, batched_inputs) -> List[Dict[str, Instances]]:
-        """Top-k query-class pairs of FFN(z_ct), boxes in original-image pixels."""
-        B, N, K = logits.shape
-        scores, index = logits.sigmoid().flatten(1).topk(min(self.select_topk, N * K), dim=1)
-        query, labels = index // K, index % K
-        boxes = box_cxcywh_to_xyxy(boxes.gather(1, query[..., None].expand(-1, -1, 4)))
-        results = []
-        for b, (h, w) in enumerate(image_sizes):
-            inst = Instances((h, w))
-            inst.pred_boxes = Boxes(boxes[b] * boxes.new_tensor([w, h, w, h]))
-            inst.scores = scores[b]
-            inst.pred_classes = labels[b]
-            x = batched_inputs[b]
-            results.append({"instances": detector_postprocess(inst, x.get("height", h), x.get("width", w))})
-        return results

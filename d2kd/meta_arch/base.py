@@ -11,16 +11,17 @@ A distiller is a detectron2 meta-architecture made of
 
 A training step (:meth:`DistillerBase.forward_train`, the same for both meta-architectures):
 
-1. the teacher runs under ``no_grad`` through :func:`~d2kd.meta_arch.views.run_detector`,
+1. the teacher runs under ``no_grad`` through :func:`~d2kd.distill.views.run_detector`,
    decoding the methods' ``teacher_groups`` if it is a DETR, and is matched to the ground truth
    when a method asks for it;
 2. the student runs the same way with its own training losses and the ``student_groups``;
 3. every method's ``forward(step)`` adds its ``loss_kd_*`` terms.
 
-Offline distillation (:mod:`d2kd.offline`): the teacher is an
-:class:`~d2kd.offline.teacher.OfflineTeacher` (a description checked against a knowledge store,
-never built); step 1 is replaced by reading ``step.knowledge`` from the inputs (``step.teacher``
-stays None) and every method must support offline distillation.
+Offline distillation: the teacher is a :class:`KnowledgeSource` (the interface this module
+owns; :class:`d2kd.offline.OfflineTeacher` implements it: a description checked against a
+knowledge store, never built); step 1 is replaced by ``teacher.knowledge(...)`` (``step.teacher``
+stays None) and every method must support offline distillation. The meta-architectures never
+import :mod:`d2kd.offline`; it imports them.
 
 In eval mode the distiller *is* the student: ``forward`` returns the student's detections.
 """
@@ -31,12 +32,29 @@ from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from d2kd.distill.base import DistillLoss, DistillStep
-from d2kd.offline.teacher import OfflineTeacher
 
 from .teacher import FrozenTeacher, TeacherHolder
-from .views import group_hook, model_family, run_detector
+from d2kd.distill.views import group_hook, model_family, run_detector
 
 STUDENT_PREFIX = "student."
+
+
+class KnowledgeSource(nn.Module):
+    """A teacher whose knowledge is read, not computed: what a distiller needs of it.
+
+    Implemented by :class:`d2kd.offline.OfflineTeacher`. Attributes: ``family`` (``"detr"``,
+    ``"rcnn"``, ``"dense"``: checked against each method's ``teacher_families``) and
+    ``num_classes`` (None: unknown).
+    """
+
+    family: str = "other"
+    num_classes: Optional[int] = None
+
+    def knowledge(self, step: DistillStep, losses: Mapping[str, DistillLoss],
+                  device) -> List[Dict[str, Dict[str, torch.Tensor]]]:
+        """Per image of ``step``, ``{method name: {key: tensor}}`` on ``device`` for every method of
+        ``losses`` (what ``step.knowledge`` holds)."""
+        raise NotImplementedError
 
 
 class DistillerBase(TeacherHolder):
@@ -44,7 +62,8 @@ class DistillerBase(TeacherHolder):
 
     Args:
         student: the student detector (detectron2 ``batched_inputs`` contract).
-        teacher: the frozen teacher, or an offline teacher (knowledge read from a store).
+        teacher: the :class:`FrozenTeacher`, or a :class:`KnowledgeSource` (offline: knowledge read
+            from a store).
         losses: distillation methods by name (names become the ``distill_losses`` keys).
         max_iter: length of the training schedule (``"${train.max_iter}"`` in configs), for
             methods whose behaviour changes over training.
@@ -54,18 +73,18 @@ class DistillerBase(TeacherHolder):
         self,
         *,
         student: nn.Module,
-        teacher: FrozenTeacher,
+        teacher,
         losses: Optional[Mapping[str, DistillLoss]] = None,
         max_iter: int = 0,
     ):
         super().__init__()
-        if not isinstance(teacher, (FrozenTeacher, OfflineTeacher)):
+        if not isinstance(teacher, (FrozenTeacher, KnowledgeSource)):
             raise TypeError(
                 f"teacher must be a d2kd.meta_arch.FrozenTeacher (or, offline, a d2kd.offline."
                 f"OfflineTeacher), got {type(teacher).__name__}"
                 " (wrap the teacher model: L(FrozenTeacher)(model=..., weights=...))"
             )
-        offline = isinstance(teacher, OfflineTeacher)
+        offline = isinstance(teacher, KnowledgeSource)
         self.student = student
         self.hold_teacher(teacher)  # unregistered on purpose (module doc)
         # detectron2's instantiate() leaves a plain dict of LazyCalls (``losses={...}`` in a
@@ -97,7 +116,7 @@ class DistillerBase(TeacherHolder):
     @property
     def offline(self) -> bool:
         """Whether the teacher's knowledge is read from a store instead of computed."""
-        return isinstance(self._teacher, OfflineTeacher)
+        return isinstance(self._teacher, KnowledgeSource)
 
     @property
     def device(self) -> torch.device:

@@ -15,13 +15,13 @@ from typing import Dict, Mapping, Optional
 import torch
 from torch import nn
 
+from d2kd.distill.frozen import TeacherCheckpointError, check_state_dict_fits
+
+__all__ = ["FrozenTeacher", "TeacherHolder", "TeacherCheckpointError", "check_state_dict_fits"]
+
 logger = logging.getLogger(__name__)
 
 _AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-class TeacherCheckpointError(RuntimeError):
-    """The teacher checkpoint is missing, unreadable or does not fit the teacher config."""
 
 
 def _read_state_dict(path: str) -> Dict[str, torch.Tensor]:
@@ -58,41 +58,6 @@ def _strip_prefix(state: Dict[str, torch.Tensor], expected: Mapping[str, torch.T
         if set(stripped) & set(expected):
             return stripped
     return state
-
-
-def check_state_dict_fits(
-    state: Mapping[str, torch.Tensor], model: nn.Module, source: str, what: str = "teacher"
-) -> None:
-    """Raises :class:`TeacherCheckpointError` unless ``state`` has exactly ``model``'s keys/shapes.
-
-    The message lists the missing, unexpected and mis-shaped keys (the first few of each), and
-    says so plainly when the mismatch is the number of classes of a classification layer.
-    """
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [
-        (k, tuple(state[k].shape), tuple(expected[k].shape))
-        for k in sorted(set(expected) & set(state))
-        if tuple(state[k].shape) != tuple(expected[k].shape)
-    ]
-    if not (missing or unexpected or mismatched):
-        return
-    lines = [f"{what} checkpoint {source!r} does not fit the {what} config:"]
-    for title, items in (("missing keys", missing), ("unexpected keys", unexpected)):
-        if items:
-            more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
-            lines.append(f"  {title}: {', '.join(items[:5])}{more}")
-    for k, got, want in mismatched[:5]:
-        lines.append(f"  shape of {k}: checkpoint {got}, config {want}")
-    class_keys = [m for m in mismatched if "class" in m[0] or "cls" in m[0]]
-    if class_keys:
-        k, got, want = class_keys[0]
-        lines.append(
-            f"  (the class counts differ: {k} has {got[0]} rows in the checkpoint and "
-            f"{want[0]} in the config; the models must be trained on the same classes)"
-        )
-    raise TeacherCheckpointError("\n".join(lines))
 
 
 class FrozenTeacher(nn.Module):

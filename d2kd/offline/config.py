@@ -10,7 +10,8 @@ An ``*_offline*`` config imports its online twin and calls :func:`make_offline`:
 which rewrites two nodes (everything else, the student and the methods included, is unchanged):
 
 - ``model.teacher``: ``L(OfflineTeacher)(store=..., weights=<the teacher's weights>,
-  expected=dict(teacher=<the teacher's model config>, losses="${...losses}"))``. The teacher
+  expected=dict(teacher=<the teacher's model config>, losses="${...losses}"),
+  flip_channels=..., amp_dtype=...)`` (the last two copied from the FrozenTeacher). The teacher
   is still *named* by the config (its model config and weights path, so overrides such as
   ``model.teacher.weights=...`` keep working), but it is only fingerprinted, never built.
 - ``dataloader.train``: ``L(build_knowledge_train_loader)(store=..., dataset=..., mapper=<the
@@ -41,6 +42,9 @@ def offline_teacher(teacher: DictConfig, store: str) -> DictConfig:
         expected={"teacher": teacher.model, "losses": "${...losses}"},
         weights=teacher.weights,
         allow_uninitialized=teacher.get("allow_uninitialized", False),
+        # how the teacher is run changes its knowledge: carried through, part of the identity
+        flip_channels=teacher.get("flip_channels", False),
+        amp_dtype=teacher.get("amp_dtype", None),
     )
 
 

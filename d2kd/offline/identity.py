@@ -4,8 +4,9 @@ A store's identity (``store.json["identity"]``) has four parts; training refuses
 identity differs from what its config describes, naming each difference:
 
 - ``teacher``: the teacher's model config, canonical (interpolations resolved, callables as
-  ``module.qualname``), and a fingerprint of its weights file (size + sha256 of the bytes; None
-  for a randomly initialised teacher). The teacher is never built to check this.
+  ``module.qualname``), a fingerprint of its weights file (size + sha256 of the bytes; None
+  for a randomly initialised teacher), and how it runs (``flip_channels``, ``amp_dtype``). The
+  teacher is never built to check this.
 - ``dataset``: names (informative), number of images and a sha256 of every image's
   ``(image_id, file name)`` in data-set order.
 - ``methods``: per distillation method, its class and the constructor arguments that define
@@ -30,6 +31,7 @@ __all__ = [
     "teacher_identity",
     "method_identity",
     "dataset_identity",
+    "check_unique_keys",
     "describe_differences",
     "digest",
 ]
@@ -113,8 +115,12 @@ def file_fingerprint(path: str) -> dict:
     return dict(_FINGERPRINTS[key])
 
 
-def teacher_identity(model_cfg, weights: str) -> dict:
-    """Identity of a teacher given its (unbuilt) model config and weights path ("" = random)."""
+def teacher_identity(model_cfg, weights: str, *, flip_channels: bool = False,
+                     amp_dtype: Optional[str] = None) -> dict:
+    """Identity of a teacher given its (unbuilt) model config and weights path ("" = random),
+    and how it is run: ``flip_channels`` (channel order of its input) and ``amp_dtype``
+    (autocast precision), both of :class:`~d2kd.meta_arch.FrozenTeacher`: either changes the
+    knowledge it gives."""
     config = canonical(model_cfg)
     if weights:
         if not os.path.isfile(weights):
@@ -128,7 +134,8 @@ def teacher_identity(model_cfg, weights: str) -> dict:
     else:
         fingerprint = None
     return {"class": config.get("_target_") if isinstance(config, dict) else None,
-            "config_sha256": digest(config), "config": config, "weights": fingerprint}
+            "config_sha256": digest(config), "config": config, "weights": fingerprint,
+            "flip_channels": bool(flip_channels), "amp_dtype": amp_dtype}
 
 
 def _fingerprint_files(value: Any) -> Any:
@@ -171,6 +178,21 @@ def _defaults(target) -> dict:
         return {}
     return {k: canonical(p.default) for k, p in params.items()
             if p.default is not inspect.Parameter.empty}
+
+
+def check_unique_keys(dicts: Sequence[Mapping]) -> None:
+    """Raises :class:`~d2kd.offline.store.KnowledgeStoreError` when two dataset dicts share an
+    image key (:func:`~d2kd.offline.store.image_key`): their knowledge would overwrite each other."""
+    from .store import KnowledgeStoreError, image_key
+
+    seen: Dict[int, Any] = {}
+    for d in dicts:
+        key = image_key(d.get("image_id"))
+        if key in seen:
+            raise KnowledgeStoreError(
+                f"image ids {seen[key]!r} and {d.get('image_id')!r} give the same store key {key}: "
+                "every image of the data set needs its own image_id (duplicate ids?)")
+        seen[key] = d.get("image_id")
 
 
 def dataset_identity(dicts: Sequence[Mapping], names: Optional[Sequence[str]] = None) -> dict:

@@ -21,6 +21,10 @@ error, not an ``inf``) and read back in their original dtype; integer and bool t
 exactly. An "image key" is the data set's ``image_id`` when it is an integer, else a stable
 63-bit hash of it (:func:`image_key`).
 
+Concurrency: a writer holds an exclusive lock on ``.dump.lock`` in the store directory for its
+lifetime (``fcntl.flock``, released by the kernel if the process dies); a second dump of the
+same store fails at once instead of interleaving its files with the first's.
+
 Crash safety: a shard is written into ``shards/.tmp-*`` and renamed into place, then ``index.json``
 is replaced; a killed dump leaves at most a temporary folder or an unlisted shard folder, both
 removed on ``resume``, and every listed shard is re-checked (sha256) before being kept.
@@ -64,6 +68,7 @@ FORMAT = "d2kd-knowledge-store"
 FORMAT_VERSION = 1
 HEADER = "store.json"
 INDEX = "index.json"
+LOCK = ".dump.lock"
 SHARDS = "shards"
 RECORDS = "records.npy"
 _TMP = ".tmp-"
@@ -95,10 +100,12 @@ def shard_name(index: int) -> str:
 
 def image_key(image_id) -> int:
     """The int64 a record stores for ``image_id``: the id itself when it is an integer (COCO,
-    the built-in data), else the first 63 bits of the blake2b hash of ``str(image_id)``."""
+    the built-in data), else the first 63 bits of the blake2b hash of ``str(image_id)``.
+
+    A string is always hashed, digits or not: ``"0012"``, ``"12"`` and ``12`` are three images.
+    (Two ids of one data set that still share a key are refused by the dump and the reader.)
+    """
     if isinstance(image_id, (int, np.integer)) and not isinstance(image_id, bool):
-        return int(image_id)
-    if isinstance(image_id, str) and re.fullmatch(r"-?\d{1,18}", image_id):
         return int(image_id)
     digest = hashlib.blake2b(str(image_id).encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
@@ -272,6 +279,33 @@ class StoreWriter:
     def __init__(self, root: str, header: dict, resume: bool = False,
                  compare_keys: Sequence[str] = ("identity", "plan", "float_dtype")):
         self.root = root
+        self._lock = None
+        os.makedirs(root, exist_ok=True)
+        self._lock = _lock_store(root)
+        try:
+            self._open_store(header, resume, compare_keys)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Releases the store's lock (the writer cannot write afterwards)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __del__(self):
+        self.close()
+
+    def _open_store(self, header: dict, resume: bool, compare_keys: Sequence[str]) -> None:
+        root = self.root
         plan = header["plan"]
         plan["num_shards"] = max(1, math.ceil(plan["num_items"] / plan["shard_size"]))
         header = dict(header, format=FORMAT, version=FORMAT_VERSION)
@@ -346,6 +380,8 @@ class StoreWriter:
                     items: Sequence[Mapping[str, Mapping[str, torch.Tensor]]]) -> dict:
         """Writes shard ``shard``: ``records[i] = (image key, view)`` and ``items[i] =
         {method: {key: tensor}}`` of each of its items, in plan order. Returns its index entry."""
+        if self._lock is None:
+            raise KnowledgeStoreError(f"{self.root}: the writer was closed (its lock released)")
         expected = len(self.shard_items(shard))
         if len(records) != expected or len(items) != expected:
             raise ValueError(f"shard {shard} holds {expected} items, got {len(records)} records "
@@ -389,6 +425,24 @@ class StoreWriter:
         self.index["complete"] = not self.pending_shards()
         _write_json(os.path.join(self.root, INDEX), self.index)
         return entry
+
+
+def _lock_store(root: str):
+    """The open lock file of ``root``, exclusively locked; KnowledgeStoreError if another process
+    (or another writer of this one) holds it."""
+    f = open(os.path.join(root, LOCK), "a")
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no protection
+        return f
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise KnowledgeStoreError(
+            f"{root} is being written by another dump (it holds {os.path.join(root, LOCK)}): wait for "
+            "it to finish, or choose another --output") from None
+    return f
 
 
 def _save(directory: str, name: str, array: np.ndarray) -> dict:
@@ -549,6 +603,12 @@ class KnowledgeStore:
             # Records only (small): reading them does not checksum the whole shard yet.
             recs = np.load(path, allow_pickle=False) if self.verify_mode != "eager" else self.records(s)
             for row, (key, view) in enumerate(np.asarray(recs).tolist()):
+                if (key, view) in lookup:
+                    first = lookup[(key, view)]
+                    raise StoreCorruptError(
+                        f"{self.root}: image key {key} view {view} is stored twice (shard {first[0]} row "
+                        f"{first[1]} and shard {s} row {row}); a store must hold each image and view once: "
+                        "dump it again")
                 lookup[(key, view)] = (s, row)
         return lookup
 

@@ -26,6 +26,10 @@ from typing import Dict, List, Mapping, Optional
 import torch
 from torch import nn
 
+from d2kd.distill.base import DistillStep
+from d2kd.meta_arch.base import KnowledgeSource, run_teacher
+from d2kd.meta_arch.teacher import FrozenTeacher, TeacherCheckpointError
+
 from .identity import config_target, describe_differences, method_identity, teacher_identity
 from .store import (
     HEADER,
@@ -85,8 +89,9 @@ def num_classes_of_config(model_cfg) -> Optional[int]:
     return None
 
 
-class OfflineTeacher(nn.Module):
-    """A teacher known by its config and weights, whose knowledge is read from a store.
+class OfflineTeacher(KnowledgeSource):
+    """A teacher known by its config and weights, whose knowledge is read from a store (the
+    :class:`~d2kd.meta_arch.base.KnowledgeSource` of offline distillation).
 
     Args:
         store: the knowledge store directory (its ``store.json`` is read and compared).
@@ -94,6 +99,8 @@ class OfflineTeacher(nn.Module):
             the store must have been dumped with. A plain dict, so neither is built.
         weights: the teacher checkpoint the store was dumped with (fingerprinted, not loaded).
         allow_uninitialized: accept ``weights=""`` (a store dumped from a random teacher; tests).
+        flip_channels, amp_dtype: how the teacher was run for the dump (those of
+            :class:`~d2kd.meta_arch.FrozenTeacher`; part of the store's identity).
         simulate: no store; compute each step's knowledge with the built teacher (module doc).
         simulate_float_dtype: the storage dtype ``simulate`` rounds through.
     """
@@ -109,14 +116,14 @@ class OfflineTeacher(nn.Module):
         allow_uninitialized: bool = False,
         simulate: bool = False,
         simulate_float_dtype: str = "float16",
+        flip_channels: bool = False,
+        amp_dtype: Optional[str] = None,
     ):
         super().__init__()
         if not isinstance(expected, Mapping) or "teacher" not in expected:
             raise TypeError("OfflineTeacher needs expected=dict(teacher=<teacher model config>, "
                             "losses=<losses config>)")
         if not weights and not allow_uninitialized:
-            from d2kd.meta_arch.teacher import TeacherCheckpointError
-
             raise TeacherCheckpointError(
                 "no teacher checkpoint given: set model.teacher.weights to the checkpoint the "
                 "knowledge store was dumped with (it is fingerprinted, not loaded)")
@@ -124,6 +131,8 @@ class OfflineTeacher(nn.Module):
             raise ValueError(f"simulate_float_dtype must be one of {FLOAT_DTYPES}")
         self.store = store
         self.weights = weights
+        self.flip_channels = bool(flip_channels)
+        self.amp_dtype = amp_dtype
         self.teacher_config = expected["teacher"]
         self.losses_config = losses_nodes(expected.get("losses"))
         self.family = family_of_config(self.teacher_config)
@@ -138,12 +147,11 @@ class OfflineTeacher(nn.Module):
         if simulate:
             from detectron2.config import instantiate
 
-            from d2kd.meta_arch.teacher import FrozenTeacher
-
             logger.warning("OfflineTeacher(simulate=True): the teacher runs on every step and no "
                            "store is read (smoke tests only)")
             self.frozen = FrozenTeacher(instantiate(self.teacher_config), weights,
-                                        allow_uninitialized=allow_uninitialized)
+                                        allow_uninitialized=allow_uninitialized, amp_dtype=amp_dtype,
+                                        flip_channels=flip_channels)
         else:
             self._check_store()
         super().train(False)
@@ -171,7 +179,8 @@ class OfflineTeacher(nn.Module):
         if header.get("format") != FORMAT:
             raise StoreMismatchError(f"{path} is not a d2kd knowledge store")
         identity = header["identity"]
-        expected = teacher_identity(self.teacher_config, self.weights)
+        expected = teacher_identity(self.teacher_config, self.weights, flip_channels=self.flip_channels,
+                                    amp_dtype=self.amp_dtype)
         lines = describe_differences(identity["teacher"], expected, "teacher")
         if lines:
             raise StoreMismatchError(f"{path} was dumped from another teacher:\n  " + "\n  ".join(lines))
@@ -220,9 +229,6 @@ class OfflineTeacher(nn.Module):
         return out
 
     def _simulated(self, step, losses, device):
-        from d2kd.distill.base import DistillStep
-        from d2kd.meta_arch.base import run_teacher
-
         t_step = DistillStep(batched_inputs=step.batched_inputs, targets=step.targets,
                              iteration=step.iteration, max_iter=step.max_iter)
         run_teacher(self.frozen, list(losses.values()), t_step)

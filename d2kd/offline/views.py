@@ -70,25 +70,39 @@ def _walk(augs, found: dict) -> None:
 
 
 def views_from_augmentations(augmentations: Sequence, num_views: int) -> Tuple[List[View], List[str]]:
-    """K views spread over the resize/flip choices of an online augmentation list.
+    """K views over the scale x flip choices of an online augmentation list.
 
-    Candidates: every short-edge choice (largest first) x every flip state; ``num_views`` of them
-    are taken evenly (all when there are fewer). Returns ``(views, dropped)``, ``dropped`` naming
-    the augmentations that are not replayed.
+    The online augmentation draws a short edge (S choices) and a flip state (F = 1 or 2)
+    independently, so the views are a grid: ``ceil(K / F)`` short edges spread evenly over the
+    S choices (the middle one when there is one; largest first), each under every flip state,
+    the first K of that grid (all S x F when K is larger). Flip is never tied to scale: with
+    K = 2 and a random flip the two views are one scale unflipped and flipped. A warning says
+    when K views cannot cover the augmentation (fewer scales than it draws from).
+
+    Returns ``(views, dropped)``, ``dropped`` naming the augmentations that are not replayed.
     """
     if num_views < 1:
         raise ValueError(f"num_views must be >= 1, got {num_views}")
     found = {"edges": [0], "max_size": 0, "flips": [False], "dropped": []}
     _walk(list(augmentations), found)
-    candidates = [View(e, found["max_size"], f) for e in found["edges"] for f in found["flips"]]
-    if num_views >= len(candidates):
-        if num_views > len(candidates):
-            logger.warning("%d views asked, the augmentation has %d distinct resize/flip choices: "
-                           "using those", num_views, len(candidates))
-        views = candidates
+    edges, flips = found["edges"], found["flips"]
+    total = len(edges) * len(flips)
+    if num_views > total:
+        logger.warning("%d views asked, the augmentation has %d distinct resize/flip choices: "
+                       "using those", num_views, total)
+    num_edges = min(len(edges), -(-num_views // len(flips)))
+    if num_edges == 1:
+        picked = [edges[(len(edges) - 1) // 2]]
     else:
-        picks = np.round(np.linspace(0, len(candidates) - 1, num_views)).astype(int)
-        views = [candidates[i] for i in picks]
+        picked = [edges[i] for i in np.round(np.linspace(0, len(edges) - 1, num_edges)).astype(int)]
+    views = [View(e, found["max_size"], f) for e in picked for f in flips][:num_views]
+    if len(views) < total:
+        covered = sorted({v.short_edge for v in views}, reverse=True)
+        logger.warning(
+            "%d offline views cover %d of the %d resize/flip choices of the online augmentation "
+            "(short edges %s of %s, flips %s): offline training sees less variety than online; "
+            "dump with --num-views %d to cover all", len(views), len(views), total, covered, edges,
+            sorted({v.flip for v in views}), total)
     if found["dropped"]:
         logger.warning("Offline views replay resize and flip only; not replayed: %s",
                        ", ".join(found["dropped"]))

@@ -16,7 +16,6 @@ from d2kd.distill.unikd import (
     AKEPair,
     FrozenAKE,
     UniKD,
-    UniKDAbsorb,
     align_levels,
     decoupled_mse,
     resample,
@@ -24,7 +23,7 @@ from d2kd.distill.unikd import (
 )
 from d2kd.engine.smoke import run_smoke_step, tiny_batch
 from d2kd.layers import box_cxcywh_to_xyxy, pairwise_box_iou
-from d2kd.meta_arch import DistillDETR, FrozenTeacher, HeteroDistill, normalized_targets, run_detector
+from d2kd.meta_arch import DistillDETR, FrozenTeacher, HeteroDistill, UniKDAbsorb, normalized_targets, run_detector
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 K = 3  # classes of the tiny models
