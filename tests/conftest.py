@@ -4,6 +4,9 @@
   points there for this process and for every subprocess a test starts (``datasets_root``).
 - torch uses the cores this pytest process may use (split between xdist workers), with passive
   OpenMP waiting (``OMP_WAIT_POLICY=PASSIVE``, inherited by subprocesses).
+- The built-in pretrained backbones (R-18/50/101) that the built-in configs start from are made
+  with a one-step recipe into a session folder: ``D2KD_WEIGHTS`` points there (tests check
+  loading and training, not what pretraining learns; that has its own tests).
 - ``event_storage``: detectron2's ``EventStorage``, which model forwards need.
 """
 import os
@@ -43,6 +46,27 @@ def datasets_root(tmp_path_factory):
         os.environ.pop("DETECTRON2_DATASETS", None)
     else:
         os.environ["DETECTRON2_DATASETS"] = previous
+
+
+@pytest.fixture(scope="session", autouse=True)
+def weights_root(tmp_path_factory):
+    """Folder of tiny built-in pretrained backbones for this session (``$D2KD_WEIGHTS``)."""
+    from d2kd.data import DEFAULT_SPEC
+    from d2kd.data.crops import CropSpec
+    from d2kd.engine import backbone_pretrain as bp
+
+    root = tmp_path_factory.mktemp("weights")
+    for depth in (18, 50, 101):
+        recipe = bp.PretrainRecipe(depth=depth, steps=1, batch_size=4, warmup_steps=1, val_images=1,
+                                   crops=CropSpec(num_images=1, crop_size=32))
+        bp.ensure_backbone(recipe, DEFAULT_SPEC, path=str(root / bp.SUBDIR / f"R-{depth}.pth"), log=lambda m: None)
+    previous = os.environ.get("D2KD_WEIGHTS")
+    os.environ["D2KD_WEIGHTS"] = str(root)
+    yield root
+    if previous is None:
+        os.environ.pop("D2KD_WEIGHTS", None)
+    else:
+        os.environ["D2KD_WEIGHTS"] = previous
 
 
 @pytest.fixture

@@ -21,5 +21,6 @@ model.losses.kd_detr.class_loss = "kl"
 model.losses.kd_detr.temperature = 10.0
 model.losses.kd_detr.normalization = "reference"
 model.losses.kd_detr.foreground_weighting = True
+model.losses.kd_detr.content = "zero"  # DAB-DETR's queries: zero content
 
 train.output_dir = "./output/kd_detr/dino_R50_to_R18_reference_builtin"

@@ -17,11 +17,15 @@ Points (per image, normalised cxcywh boxes of the unpadded input; two groups):
   ``size_range`` (fraction of the image side) and aspect ratio log-uniform in ``aspect_range``,
   boxes clipped to the image — every position and scale equally likely. ``"normal"`` is the
   reference implementation's choice: ``sigmoid(N(0, 1))`` for each of cx, cy, w, h, which
-  concentrates the points around the centre of the image and on medium-to-large boxes.
+  concentrates the points around the centre of the image and on medium-to-large boxes; the
+  reference also draws one set per batch for all its images (``share_points_across_batch``).
 - **specific**: the teacher's own detection anchors (``det.anchor_logits``: DINO's top-k encoder
   proposals, Deformable DETR's learned anchors; the reference's "auxiliary reference points"),
   optionally only the first ``num_specific`` (DINO's proposals come ranked by the encoder's
   score, so these are the top-scoring ones). They concentrate on objects.
+
+Both groups are clipped to the image once, where they are made, so every model decodes, pools or
+predicts at exactly the same boxes (a Faster R-CNN student cannot pool outside the image).
 
 The teacher runs in eval mode, so it never has denoising queries; the specific points are taken
 from its detection group only (checked).
@@ -45,6 +49,15 @@ re-weighting, detached):
 
 Each term is reported on its own (``loss_kd_kddetr_{general,specific}_{cls,bbox,giou}``) and
 multiplied by the group's current weight (general-to-specific schedule, below).
+``foreground_weighting=False`` sets every ``w_i = 1`` (the paper's "+reweight" ablation).
+``normalization="reference"`` reduces the class term as the released code does,
+``sum_d sum_i w_i mean_k l_dik`` (mean over the K classes, summed over points and layers, no
+normaliser), the box terms staying weighted means.
+
+Two configurations ship: d2kd's variant (``configs/kd_detr/dino_R50_to_R18_builtin.py``: per-class
+binary KL at T = 1, uniform per-image points, general 1 -> 0.5 / specific 0.5 -> 1) and the
+reference (``*_reference*.py``: softmax KL at T = 10, ``sigmoid(N(0, 1))`` points shared across the
+batch, constant weights 1 / 1, reference normalisation); benchmarks/kd_gain.py compares them.
 
 Class distillation ``l_cls``:
 
@@ -73,7 +86,7 @@ change over training (a fixed number of queries keeps the step cost constant).
 
 Heterogeneous distillation (``HeteroDistill``, DINO / Deformable DETR teacher):
 
-- **Faster R-CNN student** (``"rcnn"``): the same points (clipped to the image, in the student's
+- **Faster R-CNN student** (``"rcnn"``): the same points (in the student's
   input pixels) are extra boxes for the student's box head (:func:`~d2kd.meta_arch.views.rcnn_predict_at`),
   outside its proposal sampling and its losses. Class: the teacher's K sigmoid scores ``p`` are
   mapped to a (K + 1)-way distribution (background last, as detectron2): foreground mass
@@ -87,9 +100,9 @@ Heterogeneous distillation (``HeteroDistill``, DINO / Deformable DETR teacher):
 - **RetinaNet / FCOS students** (``"dense"``): a dense detector predicts only at its own anchors
   (FCOS: stride-sized boxes centred on its locations), so the points must be those anchors, not
   arbitrary boxes. With ``point_source="student_anchors"``, after the student's pass: general =
-  a random subset of the student's anchors whose centre lies in the image, specific = for each
-  of the teacher's specific points, the student anchor that overlaps it most; the teacher then
-  decodes these anchors (clipped to the image) in a separate decoder pass on its encoder memory
+  a random subset of the student's anchors that lie wholly inside the image, specific = for each
+  of the teacher's specific points, the inside anchor that overlaps it most; the teacher then
+  decodes exactly these anchors in a separate decoder pass on its encoder memory
   (the same result as decoding them with its detection queries, by isolation). Both heads are
   sigmoid, so the class loss is the DETR one; boxes are the student's decoded regression at the
   anchor. FCOS's centerness is not distilled. Not available offline: the points depend on the
@@ -334,8 +347,14 @@ class KDDETR(DistillLoss):
             for a Faster R-CNN student.
         temperature: of the class loss; None: 1 for ``"bce"`` and the R-CNN map, 10 for ``"kl"``.
         cls_weight, bbox_weight, giou_weight: term weights (reference: 1, 5, 2).
-        content: content part of the point queries: ``"zero"`` (reference) or ``"mean"`` (each
-            model's mean detection content, detached; for decoders never trained on zero content).
+        content: content part of the point queries: ``"mean"`` (default: each model's mean
+            detection content, detached) or ``"zero"`` (the reference, whose DAB-DETR queries have
+            zero content). Chosen by measurement on the built-in DINO R-50 teacher (1000
+            iterations, 18.5 AP), decoding its own top-k anchors with each content on the first
+            200 val images (``benchmarks/kd_detr_content.py``; AP against the whole val set, so
+            only the ranking counts): its learned content 7.8, mean 4.6, zero 4.0. DINO never saw
+            zero content in training; the mean of its learned contents stays closer to what it did
+            see.
         point_source: ``"boxes"`` (DETR and Faster R-CNN students) or ``"student_anchors"``
             (RetinaNet / FCOS students: points are the student's own anchors).
         share_points_across_batch: one set of general points for the whole batch (reference)
@@ -374,7 +393,7 @@ class KDDETR(DistillLoss):
         cls_weight: float = 1.0,
         bbox_weight: float = 5.0,
         giou_weight: float = 2.0,
-        content: str = "zero",
+        content: str = "mean",
         point_source: str = "boxes",
         share_points_across_batch: bool = False,
         foreground_weighting: bool = True,

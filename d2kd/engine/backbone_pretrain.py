@@ -97,8 +97,11 @@ class PretrainRecipe:
 
 def default_recipe(depth: int) -> PretrainRecipe:
     """The recipe ``python -m d2kd.tools.pretrain_backbone --depth N`` uses: R-18/34 900 steps
-    (0.43 s/step on 2 cores, about 7 minutes), R-50/101 600 steps (1.0 s/step, about 11)."""
-    return PretrainRecipe(depth=depth, steps=900 if depth < 50 else 600)
+    (0.35 s/step on 2 cores, 6 minutes; 86% held-out crop accuracy), R-50/101 600 steps with
+    zero-initialised residual branches (1.15 s/step, 12 minutes; 68%). R-18 learns without the
+    zero init; R-50 does not (loss still at chance after 200 steps)."""
+    deep = depth >= 50
+    return PretrainRecipe(depth=depth, steps=600 if deep else 900, zero_init_residual=deep)
 
 
 class CropClassifier(nn.Module):

@@ -6,10 +6,11 @@ output goes to ``<output_dir>/train_net.log``; progress lines with the run's and
 sequence's ETA are printed while it trains. A finished run leaves ``<output_dir>/d2kd_run.json``
 (written atomically) with its AP and seconds per iteration; a later sequence reuses it instead of
 training again when the run's key is unchanged: the config path, iterations and overrides, the
-text of the config file and of every config file it imports (so editing a config retrains the
-runs that use it), and the identity of the files the run depends on (``Run.depends_on``: the
+code of the config file and of every config file it imports (its syntax tree: editing a config
+retrains the runs that use it, editing its comments does not), and the identity of the files the run depends on (``Run.depends_on``: the
 pretrained backbone, by the sha256 in its manifest; a teacher run, by its own key).
 """
+import ast
 import dataclasses
 import hashlib
 import json
@@ -116,8 +117,9 @@ class Run:
         config = self.config if os.path.isabs(self.config) else os.path.join(ROOT, self.config)
         sources = hashlib.sha256()
         for path in config_sources(config):
-            with open(path, "rb") as f:
-                sources.update(f.read())
+            with open(path, encoding="utf-8") as f:
+                # the syntax tree, so that editing comments or layout keeps finished runs
+                sources.update(ast.dump(ast.parse(f.read())).encode())
         key = json.dumps([self.config, self.max_iter, list(self.overrides), sources.hexdigest(),
                           [file_identity(p) for p in self.depends_on]])
         return hashlib.sha256(key.encode()).hexdigest()[:16]

@@ -2,15 +2,12 @@
 ``train_net``'s loading step, the detector's ResNet equals the weights file, parameter by
 parameter (the suffix matching of detectron2's checkpointer reaches ``backbone.bottom_up.*`` and
 ``student.backbone.bottom_up.*``; a frozen teacher is left alone)."""
-import dataclasses
 import os
 
 import pytest
 import torch
 from detectron2.config import LazyConfig, instantiate
 
-from d2kd.data import DEFAULT_SPEC
-from d2kd.data.crops import CropSpec
 from d2kd.engine import backbone_pretrain as bp
 from d2kd.engine.checkpoint import AtomicCheckpointer, check_checkpoint_file
 from d2kd.engine.smoke import prepare_smoke_config
@@ -20,21 +17,10 @@ from .test_all_configs import CONFIG_DIR, CONFIGS
 BUILTIN = [c for c in CONFIGS if c.endswith("_builtin.py")]
 
 
-@pytest.fixture(scope="module")
-def weights_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("weights")
-    for depth in (18, 50, 101):
-        recipe = bp.PretrainRecipe(depth=depth, steps=1, batch_size=4, warmup_steps=1, val_images=1,
-                                   crops=CropSpec(num_images=1, crop_size=32))
-        bp.ensure_backbone(recipe, DEFAULT_SPEC, path=str(root / bp.SUBDIR / f"R-{depth}.pth"),
-                           log=lambda m: None)
-    old = os.environ.get("D2KD_WEIGHTS")
-    os.environ["D2KD_WEIGHTS"] = str(root)
-    yield str(root)
-    if old is None:
-        del os.environ["D2KD_WEIGHTS"]
-    else:
-        os.environ["D2KD_WEIGHTS"] = old
+@pytest.fixture
+def weights_dir(weights_root):
+    """The session's tiny built-in backbones (tests/conftest.py)."""
+    return str(weights_root)
 
 
 def test_the_demo_configs_start_from_pretrained_backbones(weights_dir):

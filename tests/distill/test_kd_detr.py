@@ -445,3 +445,134 @@ def test_config_without_teacher_checkpoint_fails_clearly(tmp_path):
     teacher.weights = str(tmp_path / "missing" / "model_final.pth")
     with pytest.raises(TeacherCheckpointError, match="not found"):
         instantiate(teacher)
+
+
+# ------------------------------------------------------------------------- points and reference mode
+def _fake_det(B=2, N=5, width=8, seed=0):
+    from d2kd.detr.queries import QueryGroup
+
+    g = torch.Generator().manual_seed(seed)
+    return QueryGroup("det", torch.randn(B, N, width, generator=g), 3 * torch.randn(B, N, 4, generator=g))
+
+
+def test_general_points_are_fresh_every_step_and_shared_within_it(inputs):
+    method = kd(num_general=6)
+    det = _fake_det()
+    a = method.points(DistillStep(inputs, None), det)
+    step = DistillStep(inputs, None)
+    b = method.points(step, det)
+    assert not torch.allclose(a["general"], b["general"])  # redrawn at every step
+    assert method.points(step) is b  # ... and one draw per step, whoever asks
+    assert torch.equal(a["specific"], b["specific"])  # the teacher's anchors, unchanged
+
+
+def test_points_are_clipped_once_where_they_are_made(inputs):
+    method = kd(num_general=50, distribution="normal")
+    points = method.points(DistillStep(inputs, None), _fake_det(N=40))
+    for g in ("general", "specific"):
+        xyxy = torch.cat([points[g][..., :2] - points[g][..., 2:] / 2, points[g][..., :2] + points[g][..., 2:] / 2], -1)
+        assert xyxy.min() >= -1e-6 and xyxy.max() <= 1 + 1e-6, g
+    # the raw anchors of _fake_det leave the image: clipping did something
+    assert (torch.sigmoid(_fake_det(N=40).anchor_logits)[..., 2:] > 0.9).any()
+
+
+def test_shared_points_are_one_set_per_batch():
+    shared = sample_general_points(3, 7, distribution="normal", share_across_batch=True,
+                                   generator=torch.Generator().manual_seed(0))
+    assert shared.shape == (3, 7, 4) and torch.equal(shared[0], shared[1]) and torch.equal(shared[1], shared[2])
+    per_image = sample_general_points(3, 7, distribution="normal", generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(per_image[0], per_image[1])
+
+
+def test_reference_normalisation_and_foreground_switch_by_hand():
+    torch.manual_seed(0)
+    s_logits, t_logits = torch.randn(2, 1, 4, 3), torch.randn(1, 4, 3)  # [D, B, N, K], [B, N, K]
+    s_boxes = torch.rand(2, 1, 4, 4) * 0.3 + 0.3
+    t_boxes = torch.rand(1, 4, 4) * 0.3 + 0.3
+    w = t_logits.sigmoid().amax(-1)
+    T = 10.0
+    kl = (t_logits / T).softmax(-1) * ((t_logits / T).log_softmax(-1) - (s_logits / T).log_softmax(-1))
+    l1 = (s_boxes - t_boxes).abs().mean(-1)
+    ref = kd(class_loss="kl", temperature=T, normalization="reference")._sigmoid_terms(s_logits, s_boxes, t_logits,
+                                                                                          t_boxes)
+    # class: T^2 * mean over classes, weighted SUM over points and layers (no normaliser)
+    assert torch.allclose(ref["cls"], (kl.mean(-1) * T**2 * w).sum(), rtol=1e-5)
+    assert torch.allclose(ref["bbox"], ((l1 * w).sum((1, 2)) / w.sum()).sum(), rtol=1e-5)
+    ours = kd(class_loss="kl", temperature=T)._sigmoid_terms(s_logits, s_boxes, t_logits, t_boxes)
+    assert torch.allclose(ours["cls"], ((kl.sum(-1) * T**2 * w).sum((1, 2)) / w.sum()).sum(), rtol=1e-5)
+    flat = kd(class_loss="kl", temperature=T, foreground_weighting=False)._sigmoid_terms(
+        s_logits, s_boxes, t_logits, t_boxes)
+    assert torch.allclose(flat["bbox"], l1.mean((1, 2)).sum(), rtol=1e-5)
+    with pytest.raises(ValueError, match="normalization"):
+        kd(normalization="sum")
+
+
+@pytest.mark.parametrize("class_loss", ["bce", "kl"])
+def test_zero_loss_when_the_student_is_the_teacher(inputs, class_loss):
+    # one decoder layer: every student layer is compared with the teacher's last one
+    teacher = FrozenTeacher(tiny_dino(width=32, num_queries=12, dec_layers=1, seed=3), allow_uninitialized=True)
+    student = copy.deepcopy(teacher.model)
+    distiller = DistillDETR(student=student, teacher=teacher, max_iter=10,
+                            losses={"kd_detr": kd(class_loss=class_loss)})
+    distiller.eval()  # BatchNorm and dropout as in the teacher
+    with EventStorage(0):
+        _, _, kd_losses = manual_step(distiller, inputs)
+    assert len(kd_losses) == 6
+    for k, v in kd_losses.items():
+        assert abs(float(v)) < 1e-5, (k, float(v))
+
+
+def test_frcnn_student_pools_exactly_the_teachers_points(frcnn_pair, inputs, monkeypatch):
+    from d2kd.distill import views
+
+    with_kd, _ = frcnn_pair
+    seen = []
+    original = views.rcnn_predict_at
+
+    def spy(view, boxes):
+        seen.append([b.detach().clone() for b in boxes])
+        return original(view, boxes)
+
+    monkeypatch.setattr(views, "rcnn_predict_at", spy)
+    with EventStorage(0):
+        step, _, _ = manual_step(with_kd, inputs)
+    points = with_kd.distill_losses["kd_detr"].points(step)
+    sizes = step.student.images.image_sizes
+    assert len(seen) == 2
+    for group, boxes in zip(("general", "specific"), seen):
+        for b, (h, w) in enumerate(sizes):
+            p = points[group][b]
+            want = torch.stack([p[:, 0] - p[:, 2] / 2, p[:, 1] - p[:, 3] / 2,
+                                p[:, 0] + p[:, 2] / 2, p[:, 1] + p[:, 3] / 2], -1) * torch.tensor([w, h, w, h])
+            assert torch.allclose(boxes[b], want, atol=1e-4), group
+            assert boxes[b].min() >= -1e-4 and (boxes[b][:, 2] <= w + 1e-3).all() and (boxes[b][:, 3] <= h + 1e-3).all()
+
+
+@pytest.mark.parametrize("name", ["retinanet", "fcos"])
+def test_dense_teacher_decodes_exactly_the_students_anchors(dino_teacher, inputs, name, monkeypatch):
+    student = tiny_detectron2(name)
+    distiller = HeteroDistill(student=student, teacher=dino_teacher, max_iter=10,
+                              losses={"kd_detr": kd(num_specific=10, point_source="student_anchors")}).train()
+    decoded_points = []
+    original = type(dino_teacher.model).decode
+
+    def spy(self, enc, groups):
+        decoded_points.extend(g.anchor_logits.sigmoid() for g in groups if g.name.startswith("kd_detr"))
+        return original(self, enc, groups)
+
+    monkeypatch.setattr(type(dino_teacher.model), "decode", spy)
+    with EventStorage(0):
+        distiller(inputs)
+        images = student.preprocess_image(inputs)
+        features = [student.backbone(images.tensor)[f] for f in student.head_in_features]
+        anchors = torch.cat([a.tensor for a in student.anchor_generator(features)])  # [M, 4] xyxy px
+    assert len(decoded_points) == 2  # general and specific
+    for points in decoded_points:
+        for b, (h, w) in enumerate(images.image_sizes):
+            scale = torch.tensor([w, h, w, h], dtype=torch.float32)
+            xyxy = torch.cat([points[b][:, :2] - points[b][:, 2:] / 2, points[b][:, :2] + points[b][:, 2:] / 2], -1)
+            px = xyxy * scale
+            # every point is one of the student's anchors, unclipped, and lies inside the image
+            dist = (px[:, None] - anchors[None]).abs().amax(-1).amin(-1)
+            assert dist.max() < 1e-2, float(dist.max())
+            assert px.min() >= -1e-2 and (px[:, 2] <= w + 1e-2).all() and (px[:, 3] <= h + 1e-2).all()
