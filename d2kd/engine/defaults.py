@@ -181,6 +181,14 @@ def build_resumable_train_loader(cfg) -> TrainData:
             return TrainData(target(**kwargs), None, _batch_size(node))
         sampler = kwargs.get("sampler") or TrainingSampler(len(dataset))
         kwargs["sampler"] = ResumableSampler(sampler)
+        if _takes(target, "seed") and kwargs.get("seed") is None:
+            # The DataLoader draws its workers' base seed when its iterator first yields: from
+            # torch's global generator unless it has its own. A resumed run's first batch would
+            # then move the global generator where the uninterrupted run's did not.
+            shared = kwargs["sampler"].seed
+            if shared is None:
+                shared = comm.shared_random_seed()
+            kwargs["seed"] = (shared + 1 + comm.get_rank()) % 2**31
         return TrainData(target(**kwargs), kwargs["sampler"], _batch_size(node))
 
 

@@ -314,9 +314,11 @@ class TrainingStateHook(HookBase):
                 self.sampler.seed = self._pending["sampler_seed"]
 
     def before_train(self):
-        # The loader's iterator is created here rather than in the first step: creating it draws
-        # a seed from torch's generator, which must happen before the generators are restored
-        # (a resumed run creates it at its first step, the uninterrupted run did at step 0).
+        # The loader's iterator is created here rather than in the first step, so that whatever
+        # creating it draws from the global generators happens before they are restored (a
+        # resumed run creates it at its first step, the uninterrupted run did at step 0).
+        # build_resumable_train_loader also gives the DataLoader its own generator: torch's
+        # DataLoader draws its base seed at the first batch, not at creation.
         self.trainer._data_loader_iter  # noqa: B018
         if self._pending is None:
             if self.trainer.start_iter > 0:
