@@ -126,11 +126,16 @@ def setup(args):
     ``default_setup`` (logger, environment, config.yaml, seeds); returns the config."""
     cfg = load_config(args.config_file, args.opts)
     check_config(cfg, eval_only=args.eval_only, resume=args.resume)
-    default_setup(cfg, args)
+    # The loggers default_setup creates, created first (setup_logger is cached: default_setup's
+    # identical calls return them as they are) so that their files are plain text from the
+    # first line on (default_setup logs the config file with syntax colours).
+    rank = comm.get_rank()
+    setup_logger(cfg.train.output_dir, distributed_rank=rank, name="fvcore")
+    setup_logger(cfg.train.output_dir, distributed_rank=rank)
     # detectron2 sets up its own loggers only; d2kd's modules log under "d2kd".
-    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="d2kd",
-                 abbrev_name="d2kd")
+    setup_logger(cfg.train.output_dir, distributed_rank=rank, name="d2kd", abbrev_name="d2kd")
     strip_colours_from_log_files()
+    default_setup(cfg, args)
     return cfg
 
 
