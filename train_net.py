@@ -21,7 +21,7 @@ import sys
 import torch
 
 from detectron2.config import instantiate
-from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks, launch
+from detectron2.engine import AMPTrainer, SimpleTrainer, hooks, launch
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
@@ -30,17 +30,26 @@ from d2kd.engine import (
     AtomicCheckpointer,
     D2KDUserError,
     GradientClipping,
+    PeriodicCheckpointer,
+    PreemptionHook,
     TrainingCurves,
+    TrainingStateHook,
     build_evaluator,
+    build_resumable_train_loader,
     build_test_loader,
-    build_train_loader,
     check_config,
     check_replicas_in_sync,
     ddp_kwargs,
     default_argument_parser,
     load_config,
+    one_line,
+    parse_command_line,
+    preemption_deferred,
+    preserve_rng,
+    remove_partial_files,
     setup,
     setup_process,
+    training_writers,
     use_amp,
 )
 from d2kd.engine import slurm
@@ -57,7 +66,9 @@ def do_test(cfg, model):
 
 def do_train(args, cfg):
     device = setup_process(cfg)
-    train_loader = build_train_loader(cfg)  # first: a data problem fails before the model build
+    if comm.is_main_process():
+        remove_partial_files(cfg.train.output_dir)
+    data = build_resumable_train_loader(cfg)  # first: a data problem fails before the model build
     model = instantiate(cfg.model)
     logger.info("Model:\n{}".format(model))
     model.to(device)
@@ -66,9 +77,10 @@ def do_train(args, cfg):
     cfg.optimizer.params.model = model
     optim = instantiate(cfg.optimizer)
 
-    model = create_ddp_model(model, **ddp_kwargs(cfg, device))
-    trainer = (AMPTrainer if use_amp(cfg, device) else SimpleTrainer)(model, train_loader, optim)
-    checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    ddp_model = create_ddp_model(model, **ddp_kwargs(cfg, device))
+    trainer = (AMPTrainer if use_amp(cfg, device) else SimpleTrainer)(ddp_model, data.loader, optim)
+    checkpointer = AtomicCheckpointer(ddp_model, cfg.train.output_dir, trainer=trainer)
+    state = TrainingStateHook(model, data.sampler, data.batch_size, cfg.train.checkpointer.period)
     plot = cfg.train.get("plot", {}) or {}
     clip = cfg.train.get("clip_grad", {}) or {}
     trainer.register_hooks(
@@ -78,19 +90,17 @@ def do_train(args, cfg):
             GradientClipping(clip["max_norm"], clip.get("norm_type", 2.0))
             if clip.get("enabled", False)
             else None,
-            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
+            state,
+            PreemptionHook(checkpointer, state) if preemption_deferred() else None,
+            PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
             if comm.is_main_process()
             else None,
-            hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
+            # Evaluation leaves the random generators as it found them: a resumed run does not
+            # repeat the evaluation of the iteration it starts after.
+            hooks.EvalHook(cfg.train.eval_period, lambda: _neutral_test(cfg, ddp_model, model)),
             TrainingCurves(cfg.train.output_dir, plot.get("filename", "training_curves.png"),
                            plot.get("smoothing", 20))
             if comm.is_main_process() and plot.get("enabled", True)
-            else None,
-            hooks.PeriodicWriter(
-                default_writers(cfg.train.output_dir, cfg.train.max_iter),
-                period=cfg.train.log_period,
-            )
-            if comm.is_main_process()
             else None,
         ]
     )
@@ -101,9 +111,21 @@ def do_train(args, cfg):
         start_iter = trainer.iter + 1
     else:
         start_iter = 0
+    if comm.is_main_process():
+        # Writers last: they open metrics.json, which first loses the records of iterations
+        # this run repeats (logged by a killed run after its checkpoint).
+        trainer.register_hooks([hooks.PeriodicWriter(
+            training_writers(cfg.train.output_dir, cfg.train.max_iter,
+                             start_iter if args.resume else None),
+            period=cfg.train.log_period)])
     trainer.train(start_iter, cfg.train.max_iter)
-    check_replicas_in_sync(model)
+    check_replicas_in_sync(ddp_model)
     return trainer.storage.latest() if comm.is_main_process() else None
+
+
+def _neutral_test(cfg, ddp_model, model):
+    with preserve_rng(model):
+        return do_test(cfg, ddp_model)
 
 
 def main(args):
@@ -141,11 +163,11 @@ def submit_to_slurm(args, cfg):
 
 def cli(argv=None):
     """Command-line entry: checks the config here, then launches processes or submits a job."""
-    args = default_argument_parser().parse_args(argv)
+    args = parse_command_line(default_argument_parser(), argv)
     try:
         # Fail fast, before processes are spawned or a job waits in a queue.
         cfg = load_config(args.config_file, args.opts)
-        check_config(cfg, eval_only=args.eval_only, resume=args.resume)
+        check_config(cfg, eval_only=args.eval_only, resume=args.resume, before_launch=True)
         if args.slurm:
             return submit_to_slurm(args, cfg)
         launch(
@@ -157,7 +179,7 @@ def cli(argv=None):
             args=(args,),
         )
     except D2KDUserError as e:
-        print(f"train_net.py: error: {e}", file=sys.stderr)
+        print(f"train_net.py: error: {one_line(e)}", file=sys.stderr)
         return 2
     return 0
 

@@ -9,13 +9,15 @@ readers only ever see the previous complete file or the new complete file.
 """
 import logging
 import os
+import re
 import tempfile
 import zipfile
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 from urllib.parse import urlparse
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import hooks
 
 from .errors import D2KDUserError
 
@@ -42,6 +44,9 @@ def _atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> 
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + os.path.basename(path) + ".", dir=directory)
     try:
+        # mkstemp creates the file 0600; a file written in place would get 0666 minus the umask
+        # (so that a shared group can read checkpoints): give the temporary file that mode.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
@@ -64,6 +69,37 @@ def _atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> 
         pass
     finally:
         os.close(dir_fd)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (Linux), else by setting it back at once."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    mask = os.umask(0o022)  # pragma: no cover
+    os.umask(mask)  # pragma: no cover
+    return mask  # pragma: no cover
+
+
+def remove_partial_files(directory: str) -> List[str]:
+    """Deletes the ``.tmp-*`` files :func:`_atomic_write` leaves in ``directory`` when its process
+    is killed mid-write (SIGKILL); returns their paths. Call it before a run writes there."""
+    removed = []
+    if not os.path.isdir(directory):
+        return removed
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        if name.startswith(_TMP_PREFIX) and os.path.isfile(path):
+            os.unlink(path)
+            removed.append(path)
+    if removed:
+        logger.info("Removed %d partial file(s) of a killed run: %s", len(removed),
+                    ", ".join(os.path.basename(p) for p in removed))
+    return removed
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:
@@ -214,3 +250,36 @@ def check_resume_checkpoint(output_dir: str) -> Optional[str]:
         )
     check_checkpoint_file(path, what=f"checkpoint named by {tag}")
     return path
+
+
+_NUMBERED = re.compile(r"^(?P<prefix>.+)_(?P<iter>\d{7})\.pth$")
+
+
+class PeriodicCheckpointer(hooks.PeriodicCheckpointer):
+    """detectron2's periodic checkpointing hook, with ``max_to_keep`` applied across resumes.
+
+    detectron2 remembers the checkpoints it may delete in memory only, so every resume started
+    the count again and old checkpoints were never deleted. Here the numbered checkpoints already
+    in the output directory (``<prefix>_<7-digit iteration>.pth``, up to the start iteration)
+    count as the oldest ones.
+    """
+
+    def before_train(self):
+        super().before_train()
+        if self.max_to_keep is None:
+            return
+        directory = self.checkpointer.save_dir
+        start = self.trainer.start_iter
+        found = []
+        for name in os.listdir(directory) if os.path.isdir(directory) else ():
+            m = _NUMBERED.match(name)
+            if m and m.group("prefix") == self.file_prefix and int(m.group("iter")) < start:
+                found.append((int(m.group("iter")), os.path.join(directory, name)))
+        self.recent_checkpoints = [p for _, p in sorted(found)] + [
+            p for p in self.recent_checkpoints if p not in dict(found).values()]
+        while len(self.recent_checkpoints) > self.max_to_keep:
+            path = self.recent_checkpoints.pop(0)
+            if os.path.isfile(path):
+                os.unlink(path)
+                logger.info("Deleted %s (train.checkpointer.max_to_keep=%d)", path,
+                            self.max_to_keep)

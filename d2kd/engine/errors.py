@@ -17,3 +17,9 @@ class ConfigError(D2KDUserError, KeyError):
 
 class DatasetError(D2KDUserError):
     """A data set is not registered, or its files cannot be read."""
+
+
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line (multi-line messages joined with "; ")."""
+    parts = [p.strip() for p in str(error).splitlines() if p.strip()]
+    return "; ".join(parts).replace(":;", ":")

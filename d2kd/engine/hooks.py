@@ -35,6 +35,53 @@ def read_metrics(path: str) -> List[dict]:
     return records
 
 
+def truncate_metrics(path: str, start_iter: int) -> int:
+    """Rewrites ``metrics.json`` (atomically) without the records of iterations >= ``start_iter``
+    (those a resumed run repeats); returns how many were dropped. Unparsable lines are dropped
+    too (a killed job's partial last line)."""
+    if not os.path.isfile(path):
+        return 0
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if int(record.get("iteration", -1)) < start_iter:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    dropped = len(lines) - len(kept)
+    if dropped:
+        _atomic_write(path, lambda f: f.writelines(kept), mode="w")
+        logger.info("Removed %d record(s) of iterations >= %d from %s (this run repeats them)",
+                    dropped, start_iter, path)
+    return dropped
+
+
+def training_writers(output_dir: str, max_iter: int, resume_at: Optional[int] = None):
+    """detectron2's ``default_writers`` (terminal, ``metrics.json``, TensorBoard) for a run that
+    starts at iteration ``resume_at`` when resumed (None: a new run).
+
+    A resumed run first cuts ``metrics.json`` back to the iterations before ``resume_at``, and
+    TensorBoard hides the events of those iterations and later (``purge_step``), so neither
+    holds an iteration twice.
+    """
+    from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
+
+    os.makedirs(output_dir, exist_ok=True)
+    metrics = os.path.join(output_dir, "metrics.json")
+    tensorboard = {}
+    if resume_at is not None:
+        truncate_metrics(metrics, resume_at)
+        tensorboard["purge_step"] = resume_at
+    return [
+        CommonMetricPrinter(max_iter),
+        JSONWriter(metrics),
+        TensorboardXWriter(output_dir, **tensorboard),
+    ]
+
+
 def _smooth(values: np.ndarray, window: int) -> np.ndarray:
     """Trailing median over ``window`` points (what detectron2's metric printer shows)."""
     if window <= 1 or len(values) < 2:
@@ -131,12 +178,15 @@ class TrainingCurves(HookBase):
         storage = self.trainer.storage
         histories = storage.histories()
         loss = list(self._previous_loss)
+        # A resumed run's storage also holds the last values before its start (restored for the
+        # smoothing windows, see d2kd.engine.resume): those come from metrics.json already.
+        start = self.trainer.start_iter
         if "total_loss" in histories:
-            loss += [(int(i), float(v)) for v, i in histories["total_loss"].values()]
+            loss += [(int(i), float(v)) for v, i in histories["total_loss"].values() if i >= start]
         ap = {k: list(v) for k, v in self._previous_ap.items()}
         for k, h in histories.items():
             if _is_ap_key(k):
-                ap.setdefault(k, []).extend((int(i), float(v)) for v, i in h.values())
+                ap.setdefault(k, []).extend((int(i), float(v)) for v, i in h.values() if i >= start)
         return loss, ap
 
     def write(self) -> Optional[str]:

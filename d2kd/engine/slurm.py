@@ -8,10 +8,11 @@ Flow (the ConvNeXt ``run_with_submitit.py`` pattern):
    ``submitit.JobEnvironment`` and runs the training through detectron2's own per-process launch
    logic (``detectron2.engine.launch._distributed_worker``: process group, local group, device),
    with ``dist_url`` on the first node's host name and a port derived from the job id.
-3. On preemption or timeout Slurm signals the tasks; submitit calls :meth:`SubmititJob.checkpoint`,
-   which returns a ``DelayedSubmission`` of a copy of the job with ``--resume`` switched on, and
-   requeues it. The requeued job resumes from ``last_checkpoint`` (periodic checkpoints are
-   atomic, see :mod:`d2kd.engine.checkpoint`, so the tag never names a half-written file).
+3. On preemption or timeout Slurm signals the tasks. The signal is deferred to the end of the
+   current iteration (:mod:`d2kd.engine.preemption`), which is saved as a checkpoint; then
+   submitit calls :meth:`SubmititJob.checkpoint`, which returns a ``DelayedSubmission`` of a copy
+   of the job with ``--resume`` switched on, and requeues it. The requeued job resumes from that
+   checkpoint, with the training state of :mod:`d2kd.engine.resume`: no iteration is lost.
 
 ``--executor local`` runs the same job with submitit's ``LocalExecutor`` on this machine (used by
 the tests; also handy to try the requeue logic without a cluster).
@@ -103,6 +104,9 @@ class SubmititJob:
         print(f"d2kd job {env.job_id}: task {env.global_rank}/{env.num_tasks} (local rank "
               f"{env.local_rank}, node {env.node}/{env.num_nodes}), resume={args.resume}, "
               f"dist_url={args.dist_url}", flush=True)
+        from .preemption import defer_preemption
+
+        defer_preemption()
         main = load_entry(self.entry)
         if env.num_tasks == 1:
             return main(args)

@@ -73,3 +73,34 @@ def test_preempted_job_resumes_and_finishes(train_net, tmp_path):
     assert result is not None and "total_loss" in result
     with open(tag) as f:
         assert f.read() == "model_final.pth"
+
+
+@pytest.mark.slow
+def test_preemption_mid_period_loses_no_iteration(train_net, tmp_path):
+    """A signal between two periodic checkpoints: the iteration it interrupts is saved and the
+    requeued job starts right after it (before: back to the last periodic checkpoint)."""
+    out = str(tmp_path / "out")
+    max_iter = 10
+    args = train_net.args("--config-file", train_net.config, "--slurm", "--executor", "local",
+                          "--timeout", "30", "--max-requeue", "3", *train_net.tiny,
+                          f"train.output_dir={out}", f"train.max_iter={max_iter}",
+                          "train.checkpointer.period=100", "train.eval_period=0")
+    job = slurm.submit(f"{train_net.path}:main", args, out)
+    metrics = os.path.join(out, "metrics.json")
+    deadline = time.time() + 240
+    while not (os.path.exists(metrics) and open(metrics).read().count("total_loss") >= 3):
+        assert job.state == "RUNNING", job.stderr()
+        assert time.time() < deadline, "training did not start"
+        time.sleep(0.05)
+    for pid in _task_pids(job._process.pid):
+        os.kill(pid, signal.SIGUSR2)
+    job.result()
+
+    log = job.stdout()
+    starts = [int(s) for s in re.findall(r"Starting training from iteration (\d+)", log)]
+    saved = [int(s) for s in re.findall(r"Preempted: saved iteration (\d+)", log)]
+    assert len(starts) == 2 and len(saved) == 1, log[-3000:]
+    assert 2 <= saved[0] < max_iter - 1 and starts[1] == saved[0] + 1
+    with open(metrics) as f:
+        iterations = [json.loads(line)["iteration"] for line in f if "total_loss" in line]
+    assert iterations == list(range(max_iter))  # each iteration once, none lost

@@ -175,3 +175,11 @@ def test_corrupt_dataset_json(cli_error, train_net, tmp_path):
                      f"train.output_dir={tmp_path}", f"dataloader.train.dataset.names={name}",
                      "train.max_iter=1")
     assert name in line and str(bad) in line and "JSONDecodeError" in line
+
+
+def test_log_file_has_no_colour_codes(trained):
+    out, _ = trained
+    with open(os.path.join(out, "log.txt")) as f:
+        log = f.read()
+    assert "Distribution of instances" in log  # detectron2 colours this table on a terminal
+    assert "\x1b[" not in log

@@ -181,3 +181,22 @@ def test_flip_channels_reverses_only_the_teachers_images(teacher_ckpt):
     assert torch.equal(seen[0]["image"], image.flip(0))
     assert inputs[0]["image"] is image  # the student's input is untouched
     assert FrozenTeacher(TinyDetector(), teacher_ckpt).prepare_inputs(inputs) is inputs
+
+
+def test_export_with_a_failing_check_writes_nothing(teacher_ckpt, tmp_path, capsys):
+    from d2kd.tools import export_student as tool
+
+    model = _distiller(teacher_ckpt)
+    ckpt = _save(model, str(tmp_path / "model_final.pth"))
+    out = tmp_path / "export" / "student.pth"
+    # The R-18 baseline is not this tiny student: the check fails, and names the student.
+    config = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), "configs/baselines/faster_rcnn_R18_fpn_builtin.py")
+    status = tool.main([ckpt, str(out), "--check-config", config])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1, err
+    assert "student checkpoint" in err[0] and "does not fit the student config" in err[0]
+    assert "teacher" not in err[0].lower()
+    assert not out.exists() and not (out.parent.exists() and os.listdir(out.parent))
+    with pytest.raises(tool.StudentCheckpointError):
+        tool.export_student(ckpt, str(out), check_config=config)
