@@ -25,6 +25,11 @@ def _checkpoint_iteration(path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, train_net):
     """4 iterations, checkpoints every 2, evaluation at the end only."""
+    from detectron2.utils import logger as d2_logger
+
+    # detectron2 logs some tables (the class histogram) only the first n times per process:
+    # earlier tests in this process must not hide them from this run's log.txt
+    d2_logger._LOG_COUNTER.clear()
     out = str(tmp_path_factory.mktemp("run"))
     result = _run(
         train_net, "--config-file", train_net.config, *train_net.tiny, f"train.output_dir={out}",
