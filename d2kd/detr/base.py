@@ -180,11 +180,24 @@ class DETRBase(nn.Module):
         mask = group_attention_mask(groups, enc.memory.device)
         content = torch.cat([g.content for g in groups], dim=1)
         anchors = torch.cat([g.anchor_logits for g in groups], dim=1)
+        query_pos = None
+        if any(g.position is not None for g in groups):
+            query_pos = torch.cat([g.position if g.position is not None else self.anchor_positions(g.anchor_logits)
+                                   for g in groups], dim=1)
         outs = self.decoder(content, anchors, enc.memory, enc.spatial_shapes, enc.level_start_index,
-                            enc.valid_ratios, enc.padding_mask, mask)
+                            enc.valid_ratios, enc.padding_mask, mask, query_pos)
         sizes = [len(g) for g in groups]
         pieces = [o.split(sizes, dim=2) for o in outs]
         return {g.name: DecodedGroup(*(p[i] for p in pieces)) for i, g in enumerate(groups)}
+
+    def anchor_positions(self, anchor_logits: torch.Tensor) -> torch.Tensor:
+        """Positional queries [B, N, C] of a group that brings none, from its anchors [B, N, 4]
+        (used when another group of the same pass has explicit positions)."""
+        return self.decoder.positional_queries(anchor_logits.sigmoid())
+
+    def proposal_targets(self, targets):
+        """The targets of the two-stage proposal losses (the detection targets by default)."""
+        return targets
 
     def run(self, images: ImageList, targets=None, extra_groups: Optional[ExtraGroups] = None) -> DETRRecord:
         """Encodes, builds the query groups and decodes them together.
@@ -226,7 +239,8 @@ class DETRBase(nn.Module):
         record.matching = indices[-1]
         if record.proposals is not None:
             p = record.proposals
-            enc_losses, _ = self.criterion(p.logits[None], p.boxes[None], targets, "_enc", num_boxes)
+            enc_targets = self.proposal_targets(targets)
+            enc_losses, _ = self.criterion(p.logits[None], p.boxes[None], enc_targets, "_enc", num_boxes)
             losses.update(enc_losses)
         if self.denoising is not None:
             losses.update(self.denoising_losses(record, targets, num_boxes))
