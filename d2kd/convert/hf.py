@@ -89,6 +89,21 @@ def read_weights(folder: str) -> Dict[str, torch.Tensor]:
                           "(model.safetensors or pytorch_model.bin)")
 
 
+def _normalisation(folder: str) -> Dict[str, Any]:
+    """pixel_mean/std (0-255, RGB) of the folder's image processor; ImageNet's if it has none."""
+    mean, std, scale = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], 1 / 255
+    path = os.path.join(folder, "preprocessor_config.json")
+    if os.path.isfile(path):
+        try:
+            with open(path) as f:
+                proc = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ConversionError(f"cannot read {path!r}: {e}") from e
+        mean, std = proc.get("image_mean", mean), proc.get("image_std", std)
+        scale = proc.get("rescale_factor", scale) if proc.get("do_rescale", True) else 1.0
+    return {"pixel_mean": [round(m / scale, 4) for m in mean], "pixel_std": [round(s / scale, 4) for s in std]}
+
+
 def _converter(cfg: Dict[str, Any], folder: str):
     kind = cfg.get("model_type")
     if kind in CONVERTERS:
@@ -156,6 +171,7 @@ def convert_hf_folder(folder: str, classes: Optional[Sequence[str]] = None) -> C
     if unused:
         raise ConversionError(f"{folder!r}: weights d2kd's {conv.MODEL_CONFIG} has no place for "
                               f"(an option d2kd lacks?): {unused[:5]}" + (f" (+{len(unused) - 5} more)" if len(unused) > 5 else ""))
+    values.update(_normalisation(folder))
     converted = Converted(state, values, conv.MODEL_CONFIG, class_names(cfg))
     if classes is not None:
         select_classes(converted, classes, conv.CLASS_HEADS)
@@ -211,6 +227,8 @@ def _model_value(model: nn.Module, key: str):
                 "final_norm": not isinstance(module.norm, nn.Identity),
             }.get(name)
         return None
+    if key in ("pixel_mean", "pixel_std") and hasattr(model, key):
+        return [round(float(v), 4) for v in getattr(model, key).flatten()]
     if len(parts) == 1 and hasattr(model, key):
         return getattr(model, key)
     return None  # backbone values are checked through the weights' shapes
@@ -234,8 +252,11 @@ def load_hf_for_model(folder: str, model: nn.Module) -> Dict[str, torch.Tensor]:
         if got is not None and got != want and not key.endswith("dropout"):
             wrong.append(f"{key}={want!r} (the teacher config has {got!r})")
     if wrong:
+        hint = (" (RGB, as the checkpoint was trained; model.teacher.flip_channels=True if the student's "
+                "data is BGR)") if any(w.startswith("pixel_") for w in wrong) else ""
         raise ConversionError(f"{folder!r} was trained with a model the teacher config differs from; set "
-                              + "; ".join(wrong) + " (python -m d2kd.tools.convert_checkpoint prints every value)")
+                              + "; ".join(wrong) + hint
+                              + " (python -m d2kd.tools.convert_checkpoint prints every value)")
     expected = model.state_dict()
     state = converted.state
     for key in expected:  # a teacher config with trainable BatchNorm keeps a step counter
