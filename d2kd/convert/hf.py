@@ -13,16 +13,15 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from . import hf_deformable_detr
+from . import hf_dab_detr, hf_deformable_detr
 from .errors import ConversionError
 
-CONVERTERS = {"deformable_detr": hf_deformable_detr}
+CONVERTERS = {"deformable_detr": hf_deformable_detr, "dab-detr": hf_dab_detr}
 
 # what d2kd lacks for the other detection models transformers has
 MISSING = {
     "detr": "DETR's single-scale encoder and full-attention decoder with learned queries",
     "conditional_detr": "Conditional DETR's conditional spatial cross-attention (single-scale, full attention)",
-    "dab_detr": "DAB-DETR's single-scale full-attention decoder with modulated anchor attention",
     "rt_detr": "RT-DETR's hybrid CNN encoder (AIFI + CCFM) and its ResNet-vd/HGNet backbones",
     "rt_detr_v2": "RT-DETRv2's hybrid encoder and discrete-sampling decoder",
     "grounding-dino": "Grounding DINO's text encoder and language-guided query selection",

@@ -15,7 +15,8 @@ from typing import Any, Dict, List, Tuple
 import torch
 
 from .errors import ConversionError
-from .resnet import convert_resnet
+from .resnet import backbone_values, convert_resnet
+from .source import TensorSource
 
 MODEL_CONFIG = "deformable_detr"
 ARCHITECTURE = "DeformableDetrForObjectDetection"
@@ -26,65 +27,6 @@ _LEGACY = [
     (re.compile(r"self_attn\.out_proj\."), "self_attn.o_proj."),
     (re.compile(r"layers\.(\d+)\.fc([12])\."), r"layers.\1.mlp.fc\2."),
 ]
-
-_RESNET_DEPTHS = {(2, 2, 2, 2): 18, (3, 4, 6, 3): 34, (3, 4, 23, 3): 101, (3, 8, 36, 3): 152}
-_TIMM_RESNETS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101, "resnet152": 152}
-
-
-def _resnet_depth(depths, layer_type) -> int:
-    depths = tuple(depths)
-    if layer_type == "bottleneck" and depths == (3, 4, 6, 3):
-        return 50
-    depth = _RESNET_DEPTHS.get(depths)
-    if depth is None or (depth < 50) != (layer_type == "basic"):
-        raise ConversionError(f"backbone ResNet with {layer_type} blocks and stage depths {list(depths)} is not "
-                              "one of R-18/34/50/101/152, the ResNets d2kd builds")
-    return depth
-
-
-def backbone_values(cfg: Dict[str, Any]) -> Tuple[Dict[str, Any], str]:
-    """The detectron2 ResNet of ``config.json``: (config values, key layout of its weights)."""
-    if cfg.get("dilation"):
-        raise ConversionError("dilation=True (a DC5 backbone): d2kd's DETR backbones have no dilated res5")
-    bb = cfg.get("backbone_config")
-    levels = cfg.get("num_feature_levels", 4)
-    if bb is None and cfg.get("use_timm_backbone", True):  # transformers 4.x timm layout
-        bb = {"model_type": "timm_backbone", "backbone": cfg.get("backbone", "resnet50"),
-              "out_indices": [2, 3, 4] if levels > 1 else [4]}
-    if bb is None:
-        raise ConversionError("config.json names no backbone (no backbone_config, use_timm_backbone=false)")
-    kind = bb.get("model_type")
-    if kind == "timm_backbone":
-        name = bb.get("backbone") or cfg.get("backbone")
-        if name not in _TIMM_RESNETS:
-            raise ConversionError(f"timm backbone {name!r}: d2kd converts only {sorted(_TIMM_RESNETS)}")
-        depth, stride_in_1x1, layout = _TIMM_RESNETS[name], False, "torchvision"
-        stages = [int(i) for i in bb.get("out_indices", [2, 3, 4] if levels > 1 else [4])]
-    elif kind == "resnet":
-        layer_type = bb.get("layer_type", "bottleneck")
-        depth = _resnet_depth(bb.get("depths", [3, 4, 6, 3]), layer_type)
-        widths = [64, 128, 256, 512] if depth < 50 else [256, 512, 1024, 2048]
-        if list(bb.get("hidden_sizes", widths)) != widths or bb.get("embedding_size", 64) != 64:
-            raise ConversionError(f"backbone widths {bb.get('hidden_sizes')} (stem {bb.get('embedding_size')}) "
-                                  f"differ from a standard R-{depth} ({widths}, stem 64)")
-        if bb.get("downsample_in_first_stage", False):
-            raise ConversionError("backbone downsample_in_first_stage=True has no detectron2 ResNet equivalent")
-        stride_in_1x1, layout = bool(bb.get("downsample_in_bottleneck", False)), "transformers"
-        names = bb.get("out_features") or [f"stage{i}" for i in bb.get("out_indices", [2, 3, 4])]
-        stages = [int(str(n).replace("stage", "")) for n in names]
-    else:
-        raise ConversionError(f"backbone model_type {kind!r}: d2kd converts ResNet backbones only")
-    if sorted(stages) != stages or not set(stages) <= {1, 2, 3, 4}:
-        raise ConversionError(f"backbone outputs stages {stages}: expected consecutive ResNet stages 1-4")
-    values = {
-        "backbone.bottom_up.stages.depth": depth,
-        "backbone.bottom_up.stages.norm": "FrozenBN",
-        "backbone.bottom_up.out_features": [f"res{s + 1}" for s in stages],
-    }
-    if depth >= 50:
-        values["backbone.bottom_up.stages.stride_in_1x1"] = stride_in_1x1
-    return values, layout
-
 
 def config_values(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """d2kd config values (keys relative to ``model``) of a transformers Deformable DETR config."""
@@ -126,29 +68,6 @@ def config_values(cfg: Dict[str, Any]) -> Dict[str, Any]:
     return values
 
 
-class _Source:
-    """The checkpoint's tensors, taken one by one, so that what is left over can be reported."""
-
-    def __init__(self, state: Dict[str, torch.Tensor]):
-        self.state = dict(state)
-        self.used = set()
-
-    def take(self, *candidates: str) -> torch.Tensor:
-        """The first of ``candidates`` present (tied heads may be stored under one name only)."""
-        for name in candidates:
-            if name in self.state:
-                self.used.add(name)
-                return self.state[name]
-        raise ConversionError(f"the checkpoint has none of {list(candidates)}")
-
-    def take_module(self, out: Dict[str, torch.Tensor], target: str, *candidates: str, params=("weight", "bias")):
-        for p in params:
-            out[f"{target}.{p}"] = self.take(*(f"{c}.{p}" for c in candidates))
-
-    def left_over(self) -> List[str]:
-        return sorted(set(self.state) - self.used)
-
-
 def _normalise(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     out = {}
     for key, value in state.items():
@@ -161,7 +80,7 @@ def _normalise(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
 def convert_state(state: Dict[str, torch.Tensor], cfg: Dict[str, Any]) -> Tuple[Dict[str, torch.Tensor], List[str]]:
     """Maps the checkpoint's tensors to d2kd's names. Returns ``(state, unused checkpoint keys)``."""
     values = config_values(cfg)
-    src = _Source(_normalise(state))
+    src = TensorSource(_normalise(state))
     out: Dict[str, torch.Tensor] = {}
 
     # backbone

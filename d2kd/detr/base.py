@@ -49,6 +49,8 @@ class DETRBase(nn.Module):
         pixel_mean, pixel_std: per-channel normalisation, in the input's channel order.
         size_divisibility: images are padded to a multiple of this.
         select_topk: detections kept per image at inference (top-k query-class pairs).
+        level_embed: add a learned embedding per feature level to the position embeddings
+            (multi-scale models); False for single-scale ones (DAB-DETR).
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class DETRBase(nn.Module):
         pixel_std: Sequence[float] = (58.395, 57.12, 57.375),
         size_divisibility: int = 32,
         select_topk: int = 100,
+        level_embed: bool = True,
     ):
         super().__init__()
         checks = {
@@ -89,8 +92,9 @@ class DETRBase(nn.Module):
             raise ValueError("inconsistent DETR configuration: " + ", ".join(wrong))
         self.backbone = backbone
         self.position_embedding = position_embedding
-        self.level_embed = nn.Parameter(torch.empty(num_feature_levels, embed_dim))
-        nn.init.normal_(self.level_embed)
+        self.level_embed = nn.Parameter(torch.empty(num_feature_levels, embed_dim)) if level_embed else None
+        if level_embed:
+            nn.init.normal_(self.level_embed)
         self.encoder = encoder
         self.decoder = decoder
         self.criterion = criterion
@@ -139,7 +143,9 @@ class DETRBase(nn.Module):
         for lvl, feat in enumerate(features):
             h, w = feat.shape[-2:]
             mask = F.interpolate(pad[None].float(), size=(h, w))[0].bool()
-            pos_l = self.position_embedding(mask).to(feat.dtype) + self.level_embed[lvl].view(1, -1, 1, 1)
+            pos_l = self.position_embedding(mask).to(feat.dtype)
+            if self.level_embed is not None:
+                pos_l = pos_l + self.level_embed[lvl].view(1, -1, 1, 1)
             src.append(feat.flatten(2).transpose(1, 2))
             pos.append(pos_l.flatten(2).transpose(1, 2))
             masks.append(mask.flatten(1))
@@ -184,11 +190,15 @@ class DETRBase(nn.Module):
         if any(g.position is not None for g in groups):
             query_pos = torch.cat([g.position if g.position is not None else self.anchor_positions(g.anchor_logits)
                                    for g in groups], dim=1)
-        outs = self.decoder(content, anchors, enc.memory, enc.spatial_shapes, enc.level_start_index,
-                            enc.valid_ratios, enc.padding_mask, mask, query_pos)
+        outs = self.run_decoder(enc, content, anchors, mask, query_pos)
         sizes = [len(g) for g in groups]
         pieces = [o.split(sizes, dim=2) for o in outs]
         return {g.name: DecodedGroup(*(p[i] for p in pieces)) for i, g in enumerate(groups)}
+
+    def run_decoder(self, enc: EncoderState, content, anchor_logits, self_attn_mask, query_pos):
+        """One decoder call on the concatenated groups; returns its 4 stacks [D, B, N, ...]."""
+        return self.decoder(content, anchor_logits, enc.memory, enc.spatial_shapes, enc.level_start_index,
+                            enc.valid_ratios, enc.padding_mask, self_attn_mask, query_pos)
 
     def anchor_positions(self, anchor_logits: torch.Tensor) -> torch.Tensor:
         """Positional queries [B, N, C] of a group that brings none, from its anchors [B, N, 4]

@@ -31,21 +31,26 @@ def deformable_detr_config(variant: str, **kwargs):
     return DeformableDetrConfig(**args)
 
 
-def _perturb(model, seed):
+def _perturb(model, seed, scale):
     # transformers initialises heads and offsets to symmetric values (zero deltas, uniform
     # attention); random perturbations make every weight matter in the comparison
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+            p.add_(torch.randn(p.shape, generator=g) * scale)
 
 
-def save_and_reload(model_cls, config, folder, seed=0):
-    """Builds ``model_cls(config)`` with random weights, saves it to ``folder`` and returns the
-    model as transformers reads it back (what a user's folder gives), in eval mode."""
+def save_and_reload(model_cls, config, folder, seed=0, scale=0.05, sharpen=()):
+    """Builds ``model_cls(config)`` with random weights (plus noise of std ``scale``), saves it
+    to ``folder`` and returns the model as transformers reads it back (what a user's folder
+    gives), in eval mode. Weights whose name contains one of ``sharpen`` are multiplied by 5."""
     torch.manual_seed(seed)
     model = model_cls(config)
-    _perturb(model, seed)
+    _perturb(model, seed, scale)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if any(s in name for s in sharpen):
+                p.mul_(5.0)
     model.save_pretrained(folder)
     return model_cls.from_pretrained(folder).eval()
 
@@ -63,5 +68,39 @@ def hf_deformable(tmp_path_factory):
             model = save_and_reload(DeformableDetrForObjectDetection, deformable_detr_config(variant), folder)
             cache[variant] = (model, folder)
         return cache[variant]
+
+    return get
+
+
+def dab_detr_config(**kwargs):
+    """A small transformers DAB-DETR config (ResNet-18 C5, width 64, 1 encoder / 2 decoder layers)."""
+    from transformers import DabDetrConfig
+
+    args = dict(
+        backbone_config=_resnet18_config(["stage4"]), use_timm_backbone=False, use_pretrained_backbone=False,
+        hidden_size=64, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=128, decoder_ffn_dim=128,
+        encoder_attention_heads=4, decoder_attention_heads=4, num_queries=20, id2label=dict(enumerate(CLASSES)),
+    )
+    args.update(kwargs)
+    return DabDetrConfig(**args)
+
+
+@pytest.fixture(scope="session")
+def hf_dab(tmp_path_factory):
+    """``hf_dab(**config changes) -> (transformers model, folder)``, built once per setting."""
+    from transformers import DabDetrForObjectDetection
+
+    cache = {}
+
+    def get(**kwargs):
+        key = tuple(sorted(kwargs.items()))
+        if key not in cache:
+            folder = str(tmp_path_factory.mktemp("hf_dab_detr"))
+            # random weights give near-uniform attention, the same for every query; sharper
+            # positional projections make each query's outputs depend on its anchor
+            model = save_and_reload(DabDetrForObjectDetection, dab_detr_config(**kwargs), folder, scale=0.1,
+                                    sharpen=("pos_proj", "pos_sine_proj", "query_refpoint", "class_embed"))
+            cache[key] = (model, folder)
+        return cache[key]
 
     return get
