@@ -78,7 +78,7 @@ def test_truncated_pytorch_bin(hf_deformable, tmp_path):
 def test_unsupported_architecture(tmp_path, model_type, arch, missing):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type, "architectures": [arch]}))
     with pytest.raises(ConversionError, match=rf"model_type '{model_type}' \({arch}\) is not supported: d2kd lacks "
-                                              rf".*{missing}.*Supported: \['deformable_detr'\]"):
+                                              rf".*{missing}.*Supported: \['dab-detr', 'deformable_detr'\]"):
         convert_hf_folder(str(tmp_path))
 
 
