@@ -186,11 +186,7 @@ class DETRBase(nn.Module):
         mask = group_attention_mask(groups, enc.memory.device)
         content = torch.cat([g.content for g in groups], dim=1)
         anchors = torch.cat([g.anchor_logits for g in groups], dim=1)
-        query_pos = None
-        if any(g.position is not None for g in groups):
-            query_pos = torch.cat([g.position if g.position is not None else self.anchor_positions(g.anchor_logits)
-                                   for g in groups], dim=1)
-        outs = self.run_decoder(enc, content, anchors, mask, query_pos)
+        outs = self.run_decoder(enc, content, anchors, mask, self.group_positions(groups))
         sizes = [len(g) for g in groups]
         pieces = [o.split(sizes, dim=2) for o in outs]
         return {g.name: DecodedGroup(*(p[i] for p in pieces)) for i, g in enumerate(groups)}
@@ -199,6 +195,14 @@ class DETRBase(nn.Module):
         """One decoder call on the concatenated groups; returns its 4 stacks [D, B, N, ...]."""
         return self.decoder(content, anchor_logits, enc.memory, enc.spatial_shapes, enc.level_start_index,
                             enc.valid_ratios, enc.padding_mask, self_attn_mask, query_pos)
+
+    def group_positions(self, groups: Sequence[QueryGroup]) -> Optional[torch.Tensor]:
+        """The positional queries [B, N_total, C] of groups decoded together, or None to let the
+        decoder derive them from the anchors (no group brings its own)."""
+        if all(g.position is None for g in groups):
+            return None
+        return torch.cat([g.position if g.position is not None else self.anchor_positions(g.anchor_logits)
+                          for g in groups], dim=1)
 
     def anchor_positions(self, anchor_logits: torch.Tensor) -> torch.Tensor:
         """Positional queries [B, N, C] of a group that brings none, from its anchors [B, N, 4]

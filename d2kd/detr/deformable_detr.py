@@ -94,6 +94,13 @@ class DeformableDETR(DETRBase):
             "no anchor determines: a query group decoded with it must give QueryGroup.position"
         )
 
+    def group_positions(self, groups):
+        if self.query_type == "anchor":
+            return super().group_positions(groups)
+        # the decoder has no anchor MLP: every group's positions come from the model
+        return torch.cat([g.position if g.position is not None else self.anchor_positions(g.anchor_logits)
+                          for g in groups], dim=1)
+
     def proposal_targets(self, targets):
         if self.query_type != "paper":
             return targets

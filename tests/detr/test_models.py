@@ -11,6 +11,15 @@ VARIANTS = {
     "deformable_refine_two_stage": (
         "deformable_detr", ("two_stage=True", "decoder.box_refine=True", "decoder.share_heads=False")
     ),
+    # Deformable DETR's queries as published (learned positions, 2-d reference points)
+    "deformable_paper": (
+        "deformable_detr", ("query_type=paper", "decoder.point_anchors=True", "decoder.anchor_pos=False")
+    ),
+    "deformable_paper_refine_two_stage": (
+        "deformable_detr", ("query_type=paper", "two_stage=True", "decoder.box_refine=True",
+                            "decoder.share_heads=False", "decoder.anchor_pos=False")
+    ),
+    "dab": ("dab_detr", ()),
 }
 
 
