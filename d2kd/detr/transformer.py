@@ -119,6 +119,14 @@ class DeformableDecoder(nn.Module):
         share_heads: one class head and one box head for all layers (else one per layer).
         prior_prob: initial foreground probability of the class heads (focal-loss init).
         point_anchors: the anchors are points (see above).
+        raw_refinement: with ``box_refine``, the next reference is
+            ``sigmoid(box(out_d) + inverse_sigmoid(r_d))`` from the layer output *before* the final
+            norm, while the layer's prediction ``b_d`` uses the normed one (DINO's and DAB-DETR's
+            released code); else ``r_{d+1} = b_d``. With ``look_forward_twice`` the next layer
+            predicts relative to that undetached next reference.
+        scaled_query_pos: positional queries from the reference boxes as scaled to the padded
+            maps by the first level's valid ratios (DINO's released code); else from the boxes
+            relative to the unpadded image. The two differ only on padded images.
         anchor_pos: build the MLP that turns reference boxes into positional queries; False when
             the model always passes ``query_pos`` (its positional queries are not a function of
             the anchors).
@@ -144,6 +152,8 @@ class DeformableDecoder(nn.Module):
         prior_prob: float = 0.01,
         point_anchors: bool = False,
         anchor_pos: bool = True,
+        raw_refinement: bool = False,
+        scaled_query_pos: bool = False,
     ):
         super().__init__()
         if dynamic_query_pos and not anchor_pos:
@@ -159,6 +169,8 @@ class DeformableDecoder(nn.Module):
         self.look_forward_twice = look_forward_twice
         self.dynamic_query_pos = dynamic_query_pos
         self.point_anchors = point_anchors
+        self.raw_refinement = raw_refinement
+        self.scaled_query_pos = scaled_query_pos
         self.layers = nn.ModuleList(
             DeformableDecoderLayer(embed_dim, num_heads, num_levels, num_points, ffn_dim, dropout, activation)
             for _ in range(num_layers)
@@ -226,14 +238,15 @@ class DeformableDecoder(nn.Module):
         scale = torch.cat([valid_ratios, valid_ratios], dim=-1)[:, None]  # [B, 1, L, 4]
         reference = anchor_logits.sigmoid()
         reference_logits = anchor_logits  # what layer d's box delta is added to
+        pos_scale = scale[:, :, 0] if self.scaled_query_pos else 1.0  # [B, 1, 4]
         if query_pos is None:
-            query_pos = self.positional_queries(reference)
+            query_pos = self.positional_queries(reference * pos_scale)
         points = self.point_anchors  # the reference is still a point anchor
         tgt = content
         all_logits, all_boxes, all_hidden, all_refs = [], [], [], []
         for d, layer in enumerate(self.layers):
             if d > 0 and self.dynamic_query_pos:
-                query_pos = self.positional_queries(reference)
+                query_pos = self.positional_queries(reference * pos_scale)
             if points:
                 sampling_ref = reference[:, :, None, :2] * valid_ratios[:, None]  # [B, N, L, 2]
             else:
@@ -248,6 +261,10 @@ class DeformableDecoder(nn.Module):
             all_refs.append(reference)
             if self.box_refine:
                 points = False
-                reference = box.detach()
-                reference_logits = inverse_sigmoid(box if self.look_forward_twice else reference)
+                if self.raw_refinement:
+                    following = (self.box_head(d)(tgt) + inverse_sigmoid(reference)).sigmoid()
+                else:
+                    following = box
+                reference = following.detach()
+                reference_logits = inverse_sigmoid(following if self.look_forward_twice else reference)
         return (torch.stack(all_logits), torch.stack(all_boxes), torch.stack(all_hidden), torch.stack(all_refs))
