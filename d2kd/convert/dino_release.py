@@ -188,7 +188,8 @@ def convert_state(state: Dict[str, torch.Tensor], source: str) -> Tuple[Dict[str
         for kind in ("class_embed", "bbox_embed"):
             first = {k: v for k, v in state.items() if k.startswith(f"{kind}.0.")}
             for d in range(1, D):
-                if any(not torch.equal(state[k.replace(f"{kind}.0.", f"{kind}.{d}.", 1)], v) for k, v in first.items()):
+                other = {k: state[k.replace(f"{kind}.0.", f"{kind}.{d}.", 1)] for k in first}
+                if any(other[k] is not v and not torch.equal(other[k], v) for k, v in first.items()):
                     raise ConversionError(f"{kind}.{d} differs from {kind}.0: per-layer heads "
                                           "(dec_pred_*_embed_share=False) are not a DINO release d2kd knows")
         src.take_module(out, "decoder.class_heads.0", "class_embed.0")

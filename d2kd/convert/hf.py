@@ -210,22 +210,24 @@ def _model_value(model: nn.Module, key: str):
             return len(layers)
         if not len(layers):
             return None
-        attn = layers[0].self_attn if parts[0] == "encoder" else layers[0].cross_attn
-        simple = {
-            "num_heads": attn.num_heads, "num_points": attn.num_points,
-            "ffn_dim": layers[0].ffn.linear1.out_features,
-            "activation": "gelu" if isinstance(layers[0].ffn.activation, nn.GELU) else "relu",
-        }
-        if name in simple:
-            return simple[name]
-        if parts[0] == "decoder":
-            return {
-                "box_refine": module.box_refine, "share_heads": len(module.class_heads) == 1,
-                "point_anchors": module.point_anchors, "anchor_pos": module.query_pos_head is not None,
-                "dynamic_query_pos": module.dynamic_query_pos, "look_forward_twice": module.look_forward_twice,
-                "final_norm": not isinstance(module.norm, nn.Identity),
-            }.get(name)
-        return None
+        layer = layers[0]
+        if name == "ffn_dim":
+            return layer.ffn.linear1.out_features
+        if name == "activation":
+            act = layer.ffn.activation
+            return "gelu" if isinstance(act, nn.GELU) else "prelu" if isinstance(act, nn.PReLU) else "relu"
+        attn = getattr(layer, "cross_attn", None) or getattr(layer, "self_attn", None) or layer
+        if name in ("num_heads", "num_points"):
+            return getattr(attn, name, None)
+        if name == "share_heads" and hasattr(module, "class_heads"):
+            return len(module.class_heads) == 1
+        if name == "anchor_pos" and hasattr(module, "query_pos_head"):
+            return module.query_pos_head is not None
+        if name == "final_norm" and hasattr(module, "norm"):
+            return not isinstance(module.norm, nn.Identity)
+        return getattr(module, name, None)  # box_refine, point_anchors, raw_refinement, ...
+    if parts[0] == "position_embedding" and len(parts) == 2:
+        return getattr(model.position_embedding, parts[1], None)
     if key in ("pixel_mean", "pixel_std") and hasattr(model, key):
         return [round(float(v), 4) for v in getattr(model, key).flatten()]
     if len(parts) == 1 and hasattr(model, key):
@@ -245,20 +247,40 @@ def load_hf_for_model(folder: str, model: nn.Module) -> Dict[str, torch.Tensor]:
             f"python -m d2kd.tools.convert_checkpoint {folder} teacher.pth --dataset <train dataset> "
             "and set model.teacher.weights=teacher.pth"
         )
+    check_model_values(model, converted.values, folder)
+    return fill_step_counters(converted.state, model)
+
+
+def check_model_values(model: nn.Module, values: Dict[str, Any], source: str) -> None:
+    """Raises :class:`ConversionError` naming every config value ``model`` differs in."""
     wrong = []
-    for key, want in converted.values.items():
+    for key, want in values.items():
         got = _model_value(model, key)
         if got is not None and got != want and not key.endswith("dropout"):
             wrong.append(f"{key}={want!r} (the teacher config has {got!r})")
     if wrong:
         hint = (" (RGB, as the checkpoint was trained; model.teacher.flip_channels=True if the student's "
                 "data is BGR)") if any(w.startswith("pixel_") for w in wrong) else ""
-        raise ConversionError(f"{folder!r} was trained with a model the teacher config differs from; set "
+        raise ConversionError(f"{source!r} was trained with a model the teacher config differs from; set "
                               + "; ".join(wrong) + hint
                               + " (python -m d2kd.tools.convert_checkpoint prints every value)")
-    expected = model.state_dict()
-    state = converted.state
-    for key in expected:  # a teacher config with trainable BatchNorm keeps a step counter
+
+
+def fill_step_counters(state: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Adds the ``num_batches_tracked`` counters a model with trainable BatchNorm expects."""
+    for key in model.state_dict():
         if key.endswith("num_batches_tracked") and key not in state:
             state[key] = torch.zeros((), dtype=torch.long)
     return state
+
+
+def load_release_for_model(state: Dict[str, torch.Tensor], model: nn.Module, source: str):
+    """A DINO release's state dict converted for the built d2kd ``model`` (structure checked), or
+    None when ``state`` is not a DINO release."""
+    from .dino_release import convert_release, detect
+
+    if detect(state) is None:
+        return None
+    out, values, _ = convert_release(state, num_classes=getattr(model, "num_classes", None))
+    check_model_values(model, values, source)
+    return fill_step_counters(out, model)

@@ -84,6 +84,7 @@ class DABDecoder(nn.Module):
         self.embed_dim = embed_dim
         self.num_classes = num_classes
         self.modulate_hw = modulate_hw
+        self.keep_query_pos = keep_query_pos
         self.layers = nn.ModuleList(
             ConditionalDecoderLayer(embed_dim, num_heads, ffn_dim, dropout, activation,
                                     use_query_pos=keep_query_pos or d == 0)

@@ -25,8 +25,9 @@ class TeacherCheckpointError(RuntimeError):
 
 
 def _read_state_dict(path: str, model: Optional[nn.Module] = None) -> Dict[str, torch.Tensor]:
-    """Reads the model weights of ``path``: a d2kd/detectron2 ``.pth``, a detectron2 ``.pkl``, or
-    a Hugging Face model folder (converted for ``model``, see :mod:`d2kd.convert`)."""
+    """Reads the model weights of ``path``: a d2kd/detectron2 ``.pth``, a detectron2 ``.pkl``, a
+    DINO release ``.pth`` (IDEA-Research, detrex) or a Hugging Face model folder (the last two
+    converted for ``model``, see :mod:`d2kd.convert`)."""
     if os.path.isdir(path):
         from d2kd.convert import ConversionError, load_hf_for_model
 
@@ -54,6 +55,15 @@ def _read_state_dict(path: str, model: Optional[nn.Module] = None) -> Dict[str, 
         data = data["model"]
     if not isinstance(data, Mapping):
         raise TeacherCheckpointError(f"teacher checkpoint {path!r} holds no state dict")
+    if model is not None:  # a DINO release (IDEA-Research, detrex) is converted for the model
+        from d2kd.convert import ConversionError, load_release_for_model
+
+        try:
+            converted = load_release_for_model(dict(data), model, path)
+        except ConversionError as e:
+            raise TeacherCheckpointError(f"teacher checkpoint {path!r}: {e}") from e
+        if converted is not None:
+            return converted
     return dict(data)
 
 

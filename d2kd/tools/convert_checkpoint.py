@@ -1,8 +1,10 @@
 """Converts a Hugging Face transformers detector folder into a d2kd checkpoint.
 
     python -m d2kd.tools.convert_checkpoint path/to/hf_folder teacher.pth [--dataset coco_2017_train]
+    python -m d2kd.tools.convert_checkpoint checkpoint0011_4scale.pth teacher.pth --num-classes 80
 
-The folder is read as it lies on disk (``config.json`` + ``model.safetensors`` or
+A DINO release file (IDEA-Research/DINO, detrex's DINO) is converted by
+:mod:`d2kd.convert.dino_release`. The folder is read as it lies on disk (``config.json`` + ``model.safetensors`` or
 ``pytorch_model.bin``); nothing is downloaded. The output is ``{"model": state_dict,
 "d2kd_config": {...}}``, written atomically; the d2kd config values are printed as overrides,
 for a detector config (``model.``) and for the teacher of a distillation config
@@ -14,11 +16,13 @@ checkpoint's ``id2label`` and in the data set's order (e.g. transformers' COCO d
 labels with "N/A" gaps; d2kd's COCO data sets have 80 contiguous classes).
 """
 import argparse
+import os
 import sys
 
 import torch
 
-from d2kd.convert import ConversionError, build_model_config, convert_hf_folder, overrides
+from d2kd.convert import ConversionError, Converted, build_model_config, convert_hf_folder, overrides
+from d2kd.convert.dino_release import convert_release
 from d2kd.engine.checkpoint import _atomic_write
 
 
@@ -33,11 +37,28 @@ def dataset_classes(name: str):
     return list(classes)
 
 
-def convert(folder: str, output: str, dataset: str = ""):
-    """Converts ``folder`` to ``output``; returns the :class:`~d2kd.convert.Converted`."""
+def read_release(path: str, num_classes=None) -> Converted:
+    """A DINO release checkpoint file (IDEA-Research or detrex) as a :class:`Converted`."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated, not a checkpoint at all, ...
+        raise ConversionError(f"cannot read checkpoint {path!r} (truncated or not a checkpoint?): {e}") from e
+    state = data.get("model", data) if isinstance(data, dict) else None
+    if not isinstance(state, dict):
+        raise ConversionError(f"checkpoint {path!r} holds no state dict")
+    out, values, _ = convert_release(state, num_classes)
+    return Converted(out, values, "dino")
+
+
+def convert(folder: str, output: str, dataset: str = "", num_classes=None):
+    """Converts ``folder`` (a Hugging Face folder or a DINO release file) to ``output``; returns
+    the :class:`~d2kd.convert.Converted`."""
     from detectron2.config import instantiate
 
-    converted = convert_hf_folder(folder, dataset_classes(dataset) if dataset else None)
+    if os.path.isfile(folder):
+        converted = read_release(folder, num_classes)
+    else:
+        converted = convert_hf_folder(folder, dataset_classes(dataset) if dataset else None)
     model = instantiate(build_model_config(converted))
     model.load_state_dict(converted.state, strict=True)
     payload = {
@@ -51,12 +72,15 @@ def convert(folder: str, output: str, dataset: str = ""):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder", help="Hugging Face model folder (config.json + weights)")
+    parser.add_argument("folder", help="Hugging Face model folder (config.json + weights), or a DINO release "
+                                       "checkpoint file (IDEA-Research or detrex)")
     parser.add_argument("output", help="d2kd checkpoint to write (.pth)")
     parser.add_argument("--dataset", default="", help="keep the classes of this registered data set, by name")
+    parser.add_argument("--num-classes", type=int, default=None,
+                        help="DINO releases: 80 turns a 91-row (COCO id) head into detectron2's 80 COCO classes")
     args = parser.parse_args(argv)
     try:
-        converted = convert(args.folder, args.output, args.dataset)
+        converted = convert(args.folder, args.output, args.dataset, args.num_classes)
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
