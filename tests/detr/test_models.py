@@ -181,7 +181,11 @@ def test_raw_refinement_and_scaled_query_pos(build_model, inputs):
     from d2kd.layers import inverse_sigmoid
 
     model = build_model("dino", ("decoder.raw_refinement=True", "decoder.scaled_query_pos=True")).eval()
-    torch.nn.init.normal_(model.decoder.box_head(0).layers[-1].weight, std=0.1)  # not the zero init
+    # not the zero init of the box delta, nor the identity affine of the final norm (whose input
+    # already is a LayerNorm output), so that raw and normed outputs predict different boxes
+    torch.nn.init.normal_(model.decoder.box_head(0).layers[-1].weight, std=0.1)
+    torch.nn.init.normal_(model.decoder.norm.weight, mean=1.0, std=0.5)
+    torch.nn.init.normal_(model.decoder.norm.bias, std=0.5)
     raw, seen = {}, []
     model.decoder.layers[0].register_forward_hook(lambda m, i, o: raw.setdefault("out", o))
     positional = model.decoder.positional_queries
