@@ -201,4 +201,4 @@ def test_raw_refinement_and_scaled_query_pos(build_model, inputs):
         assert not torch.allclose(out.references[1], out.boxes[0], atol=1e-4)
         ratios = record.enc.valid_ratios[:, 0].repeat(1, 2)[:, None]  # first level, (w, h, w, h)
         assert torch.allclose(seen[0], out.references[0] * ratios)
-        assert (ratios[1] < 1).any() and torch.equal(ratios[0], torch.ones_like(ratios[0]))  # image 1 is padded
+        assert (ratios < 1).any()  # the images are padded (to the batch size and size_divisibility)
