@@ -81,3 +81,15 @@ def test_unsupported_options(hf_dab, tmp_path, change, message):
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match=message):
         convert_hf_folder(str(folder))
+
+
+def test_folder_as_teacher_weights(hf_dab):
+    from d2kd.meta_arch.teacher import FrozenTeacher, TeacherCheckpointError
+
+    _, folder = hf_dab()
+    converted = convert_hf_folder(folder)
+    teacher = FrozenTeacher(instantiate(build_model_config(converted)), weights=folder)
+    assert all(torch.equal(teacher.model.state_dict()[k], v) for k, v in converted.state.items())
+    converted.values["decoder.keep_query_pos"] = True  # a teacher config that computes otherwise
+    with pytest.raises(TeacherCheckpointError, match="decoder.keep_query_pos=False"):
+        FrozenTeacher(instantiate(build_model_config(converted)), weights=folder)
