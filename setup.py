@@ -90,6 +90,7 @@ setup(
     python_requires=">=3.9",
     ext_modules=[make_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    install_requires=["fvcore", "scipy", "pycocotools", "submitit", "matplotlib"],
+    install_requires=["fvcore", "scipy", "pycocotools", "submitit", "matplotlib", "safetensors"],
+    extras_require={"hf": ["transformers>=5,<6"]},
     zip_safe=False,
 )

@@ -48,7 +48,8 @@ fi
 # Run-time dependencies of detectron2 (its wheel is installed with --no-deps) and of d2kd.
 DEPS=(fvcore iopath pycocotools "omegaconf>=2.1,<2.4" hydra-core termcolor yacs tabulate
       cloudpickle tqdm matplotlib Pillow "setuptools<81" wheel ninja scipy submitit
-      tensorboard pytest pytest-xdist hypothesis)
+      tensorboard pytest pytest-xdist hypothesis
+      "transformers>=5,<6" safetensors)  # transformers: Hugging Face teachers (d2kd.convert)
 DEPS_STAMP="$VENV/.d2kd-deps-$(printf '%s\n' "${DEPS[@]}" | md5sum | cut -c1-12)"
 if [[ ! -f "$DEPS_STAMP" ]]; then
   log "installing dependencies: ${DEPS[*]}"

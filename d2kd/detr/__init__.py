@@ -1,6 +1,7 @@
 """DETR-family detectors (Deformable DETR, DINO) with a step-wise API for distillation."""
 from .backbone import ChannelMapper
 from .base import DETECTION, DETRBase
+from .dab_detr import DABDecoder, DABDETR, DABEncoder
 from .criterion import SetCriterion
 from .deformable_detr import DeformableDETR
 from .denoising import ContrastiveDenoising

@@ -21,7 +21,8 @@ class ChannelMapper(nn.Module):
         in_features: backbone outputs to use, finest first (e.g. res3, res4, res5).
         out_channels: the transformer width.
         num_outs: total levels; ``num_outs - len(in_features)`` extra stride-2 levels are added.
-        num_groups: GroupNorm groups (capped by ``out_channels``).
+        num_groups: GroupNorm groups (capped by ``out_channels``); 0: no normalisation (DAB-DETR's
+            plain 1x1 input projection).
     """
 
     def __init__(
@@ -47,7 +48,7 @@ class ChannelMapper(nn.Module):
         def project(c_in, kernel, stride):
             return nn.Sequential(
                 nn.Conv2d(c_in, out_channels, kernel, stride=stride, padding=kernel // 2),
-                nn.GroupNorm(groups, out_channels),
+                nn.GroupNorm(groups, out_channels) if groups > 0 else nn.Identity(),
             )
 
         self.input_projs = nn.ModuleList(project(shapes[f].channels, 1, 1) for f in self.in_features)

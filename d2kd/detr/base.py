@@ -50,6 +50,8 @@ class DETRBase(nn.Module):
         pixel_mean, pixel_std: per-channel normalisation, in the input's channel order.
         size_divisibility: images are padded to a multiple of this.
         select_topk: detections kept per image at inference (top-k query-class pairs).
+        level_embed: add a learned embedding per feature level to the position embeddings
+            (multi-scale models); False for single-scale ones (DAB-DETR).
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class DETRBase(nn.Module):
         pixel_std: Sequence[float] = (58.395, 57.12, 57.375),
         size_divisibility: int = 32,
         select_topk: int = 100,
+        level_embed: bool = True,
     ):
         super().__init__()
         checks = {
@@ -90,8 +93,9 @@ class DETRBase(nn.Module):
             raise ValueError("inconsistent DETR configuration: " + ", ".join(wrong))
         self.backbone = backbone
         self.position_embedding = position_embedding
-        self.level_embed = nn.Parameter(torch.empty(num_feature_levels, embed_dim))
-        nn.init.normal_(self.level_embed)
+        self.level_embed = nn.Parameter(torch.empty(num_feature_levels, embed_dim)) if level_embed else None
+        if level_embed:
+            nn.init.normal_(self.level_embed)
         self.encoder = encoder
         self.decoder = decoder
         self.criterion = criterion
@@ -140,7 +144,9 @@ class DETRBase(nn.Module):
         for lvl, feat in enumerate(features):
             h, w = feat.shape[-2:]
             mask = F.interpolate(pad[None].float(), size=(h, w))[0].bool()
-            pos_l = self.position_embedding(mask).to(feat.dtype) + self.level_embed[lvl].view(1, -1, 1, 1)
+            pos_l = self.position_embedding(mask).to(feat.dtype)
+            if self.level_embed is not None:
+                pos_l = pos_l + self.level_embed[lvl].view(1, -1, 1, 1)
             src.append(feat.flatten(2).transpose(1, 2))
             pos.append(pos_l.flatten(2).transpose(1, 2))
             masks.append(mask.flatten(1))
@@ -192,11 +198,32 @@ class DETRBase(nn.Module):
         mask = group_attention_mask(groups, enc.memory.device)
         content = torch.cat([g.content for g in groups], dim=1)
         anchors = torch.cat([g.anchor_logits for g in groups], dim=1)
-        outs = self.decoder(content, anchors, enc.memory, enc.spatial_shapes, enc.level_start_index,
-                            enc.valid_ratios, enc.padding_mask, mask)
+        outs = self.run_decoder(enc, content, anchors, mask, self.group_positions(groups))
         sizes = [len(g) for g in groups]
         pieces = [o.split(sizes, dim=2) for o in outs]
         return {g.name: DecodedGroup(*(p[i] for p in pieces)) for i, g in enumerate(groups)}
+
+    def run_decoder(self, enc: EncoderState, content, anchor_logits, self_attn_mask, query_pos):
+        """One decoder call on the concatenated groups; returns its 4 stacks [D, B, N, ...]."""
+        return self.decoder(content, anchor_logits, enc.memory, enc.spatial_shapes, enc.level_start_index,
+                            enc.valid_ratios, enc.padding_mask, self_attn_mask, query_pos)
+
+    def group_positions(self, groups: Sequence[QueryGroup]) -> Optional[torch.Tensor]:
+        """The positional queries [B, N_total, C] of groups decoded together, or None to let the
+        decoder derive them from the anchors (no group brings its own)."""
+        if all(g.position is None for g in groups):
+            return None
+        return torch.cat([g.position if g.position is not None else self.anchor_positions(g.anchor_logits)
+                          for g in groups], dim=1)
+
+    def anchor_positions(self, anchor_logits: torch.Tensor) -> torch.Tensor:
+        """Positional queries [B, N, C] of a group that brings none, from its anchors [B, N, 4]
+        (used when another group of the same pass has explicit positions)."""
+        return self.decoder.positional_queries(anchor_logits.sigmoid())
+
+    def proposal_targets(self, targets):
+        """The targets of the two-stage proposal losses (the detection targets by default)."""
+        return targets
 
     def run(self, images: ImageList, targets=None, extra_groups: Optional[ExtraGroups] = None) -> DETRRecord:
         """Encodes, builds the query groups and decodes them together.
@@ -238,7 +265,8 @@ class DETRBase(nn.Module):
         record.matching = indices[-1]
         if record.proposals is not None:
             p = record.proposals
-            enc_losses, _ = self.criterion(p.logits[None], p.boxes[None], targets, "_enc", num_boxes)
+            enc_targets = self.proposal_targets(targets)
+            enc_losses, _ = self.criterion(p.logits[None], p.boxes[None], enc_targets, "_enc", num_boxes)
             losses.update(enc_losses)
         if self.denoising is not None:
             losses.update(self.denoising_losses(record, targets, num_boxes))

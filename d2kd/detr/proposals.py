@@ -46,12 +46,16 @@ class ProposalHead(nn.Module):
         num_classes: K (the proposal classifier predicts every class, sigmoid convention).
         base_scale: proposal size at the finest level (doubles per level).
         prior_prob: initial foreground probability of the classifier.
+        class_agnostic: rank the tokens by their first class logit, an objectness score (Deformable
+            DETR's two-stage code, which trains the proposals with every label set to 0); else by
+            their best class (DINO).
     """
 
     def __init__(self, embed_dim: int = 256, num_classes: int = 80, base_scale: float = 0.05,
-                 prior_prob: float = 0.01):
+                 prior_prob: float = 0.01, class_agnostic: bool = False):
         super().__init__()
         self.base_scale = base_scale
+        self.class_agnostic = class_agnostic
         self.memory_proj = nn.Linear(embed_dim, embed_dim)
         self.memory_norm = nn.LayerNorm(embed_dim)
         self.class_head = nn.Linear(embed_dim, num_classes)
@@ -72,7 +76,8 @@ class ProposalHead(nn.Module):
         all_logits = self.class_head(embeddings)
         all_box_logits = self.box_head(embeddings) + proposal_logits
         S = all_logits.shape[1]
-        scores = all_logits.detach().max(-1).values.masked_fill(~valid, float("-inf"))
+        scores = all_logits.detach()[..., 0] if self.class_agnostic else all_logits.detach().max(-1).values
+        scores = scores.masked_fill(~valid, float("-inf"))
         indices = scores.topk(min(num_select, S), dim=1).indices
         if num_select > S:
             indices = indices[:, torch.arange(num_select, device=indices.device) % S]

@@ -21,10 +21,14 @@ class QueryGroup:
         name: key of the group's :class:`DecodedGroup` in the decoder's result (unique per pass).
         content: [B, N, C] initial content ("target") embeddings.
         anchor_logits: [B, N, 4] initial reference boxes as ``inverse_sigmoid(cxcywh)``, normalised
-            to the unpadded image. The decoder derives the positional queries from them.
+            to the unpadded image. The decoder derives the positional queries from them, unless
+            ``position`` is given.
         internal_mask: [N, N] bool, True where query i may NOT attend to query j of the same
             group (e.g. DINO's denoising sub-groups). A query always sees itself.
         sees: names of other groups whose queries this group's queries may attend to.
+        position: [B, N, C] positional queries, for models whose positional queries are not a
+            function of the anchors (Deformable DETR as published); None: derived by the model
+            (:meth:`d2kd.detr.DETRBase.anchor_positions`).
     """
 
     name: str
@@ -32,6 +36,7 @@ class QueryGroup:
     anchor_logits: Tensor
     internal_mask: Optional[Tensor] = None
     sees: Tuple[str, ...] = ()
+    position: Optional[Tensor] = None
 
     def __len__(self) -> int:
         return self.content.shape[1]

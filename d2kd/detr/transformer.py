@@ -90,7 +90,8 @@ class DeformableDecoder(nn.Module):
     For each layer d, with reference box ``r_d`` (layer 0: the anchors ``sigmoid(a)``):
 
     1. positional query ``q_d = MLP(sine(r_d))`` (``dynamic_query_pos``, DINO), or ``q_0`` kept
-       for all layers (Deformable DETR keeps its positional queries fixed);
+       for all layers (Deformable DETR keeps its positional queries fixed); ``q_0`` may also be
+       given by the caller (Deformable DETR's learned positional embeddings, ``query_pos``);
     2. the layer attends with ``r_d`` (scaled to the padded maps) as cross-attention box;
     3. ``h_d = norm(out_d)`` (``final_norm``), class logits ``cls(h_d)``, box
        ``b_d = sigmoid(box(h_d) + inverse_sigmoid(r_d'))``;
@@ -99,6 +100,13 @@ class DeformableDecoder(nn.Module):
     ``r_d'`` is ``r_d`` itself, except with ``look_forward_twice`` (DINO), where it is the
     undetached ``b_{d-1}``, so layer d's box loss also trains layer d-1's box head. Layer 0
     predicts relative to the anchor logits directly (gradients reach learned anchors).
+
+    ``point_anchors`` (Deformable DETR's one-stage code, and transformers'): the anchors are
+    points. Their size logits are ignored and taken as 0 (size 0.5), and every layer whose
+    reference is still an anchor (layer 0, or all layers without ``box_refine``) samples around
+    the point with offsets in pixels of each level (2-d reference points) instead of within a box;
+    boxes are still predicted as ``sigmoid(delta + inverse_sigmoid(r_d))``, so their size comes
+    from the head alone. ``references`` then hold size 0.5 for those layers.
 
     Args:
         embed_dim, num_heads, num_levels, num_points, ffn_dim, dropout, activation: of each layer.
@@ -110,6 +118,18 @@ class DeformableDecoder(nn.Module):
         final_norm: LayerNorm on each layer's output before the heads (DINO).
         share_heads: one class head and one box head for all layers (else one per layer).
         prior_prob: initial foreground probability of the class heads (focal-loss init).
+        point_anchors: the anchors are points (see above).
+        raw_refinement: with ``box_refine``, the next reference is
+            ``sigmoid(box(out_d) + inverse_sigmoid(r_d))`` from the layer output *before* the final
+            norm, while the layer's prediction ``b_d`` uses the normed one (DINO's and DAB-DETR's
+            released code); else ``r_{d+1} = b_d``. With ``look_forward_twice`` the next layer
+            predicts relative to that undetached next reference.
+        scaled_query_pos: positional queries from the reference boxes as scaled to the padded
+            maps by the first level's valid ratios (DINO's released code); else from the boxes
+            relative to the unpadded image. The two differ only on padded images.
+        anchor_pos: build the MLP that turns reference boxes into positional queries; False when
+            the model always passes ``query_pos`` (its positional queries are not a function of
+            the anchors).
     """
 
     def __init__(
@@ -130,8 +150,14 @@ class DeformableDecoder(nn.Module):
         final_norm: bool = True,
         share_heads: bool = True,
         prior_prob: float = 0.01,
+        point_anchors: bool = False,
+        anchor_pos: bool = True,
+        raw_refinement: bool = False,
+        scaled_query_pos: bool = False,
     ):
         super().__init__()
+        if dynamic_query_pos and not anchor_pos:
+            raise ValueError("dynamic_query_pos recomputes positional queries from the boxes: it needs anchor_pos")
         if num_layers < 1:
             raise ValueError("the decoder needs at least one layer")
         if embed_dim % 2:
@@ -142,11 +168,14 @@ class DeformableDecoder(nn.Module):
         self.box_refine = box_refine
         self.look_forward_twice = look_forward_twice
         self.dynamic_query_pos = dynamic_query_pos
+        self.point_anchors = point_anchors
+        self.raw_refinement = raw_refinement
+        self.scaled_query_pos = scaled_query_pos
         self.layers = nn.ModuleList(
             DeformableDecoderLayer(embed_dim, num_heads, num_levels, num_points, ffn_dim, dropout, activation)
             for _ in range(num_layers)
         )
-        self.query_pos_head = MLP(2 * embed_dim, embed_dim, embed_dim, 2)
+        self.query_pos_head = MLP(2 * embed_dim, embed_dim, embed_dim, 2) if anchor_pos else None
         self.norm = nn.LayerNorm(embed_dim) if final_norm else nn.Identity()
         num_heads_sets = 1 if share_heads else num_layers
         self.class_heads = nn.ModuleList(nn.Linear(embed_dim, num_classes) for _ in range(num_heads_sets))
@@ -170,6 +199,11 @@ class DeformableDecoder(nn.Module):
 
     def positional_queries(self, boxes: torch.Tensor) -> torch.Tensor:
         """[B, N, 4] reference boxes (cxcywh) -> [B, N, C] positional queries."""
+        if self.query_pos_head is None:
+            raise ValueError(
+                "this decoder derives no positional queries from anchors (anchor_pos=False): "
+                "every query group must bring its own (QueryGroup.position)"
+            )
         return self.query_pos_head(box_sine_embedding(boxes, self.embed_dim // 2))
 
     def forward(
@@ -182,6 +216,7 @@ class DeformableDecoder(nn.Module):
         valid_ratios: torch.Tensor,
         memory_padding_mask: Optional[torch.Tensor] = None,
         self_attn_mask: Optional[torch.Tensor] = None,
+        query_pos: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Decodes N queries.
 
@@ -190,20 +225,33 @@ class DeformableDecoder(nn.Module):
             memory: [B, S, C]; spatial_shapes: [L, 2]; level_start_index: [L];
             valid_ratios: [B, L, 2]; memory_padding_mask: [B, S] bool.
             self_attn_mask: [N, N] bool, True = may not attend (see ``group_attention_mask``).
+            query_pos: [B, N, C] positional queries of layer 0 (and of all layers, as positional
+                queries are then fixed); None derives them from the anchors.
 
         Returns:
             ``(logits [D, B, N, K], boxes [D, B, N, 4], hidden [D, B, N, C], references [D, B, N, 4])``.
         """
+        if query_pos is not None and self.dynamic_query_pos:
+            raise ValueError("query_pos is given, but dynamic_query_pos recomputes it at every layer")
+        if self.point_anchors:
+            anchor_logits = torch.cat([anchor_logits[..., :2], torch.zeros_like(anchor_logits[..., 2:])], dim=-1)
         scale = torch.cat([valid_ratios, valid_ratios], dim=-1)[:, None]  # [B, 1, L, 4]
         reference = anchor_logits.sigmoid()
         reference_logits = anchor_logits  # what layer d's box delta is added to
-        query_pos = self.positional_queries(reference)
+        pos_scale = scale[:, :, 0] if self.scaled_query_pos else 1.0  # [B, 1, 4]
+        if query_pos is None:
+            query_pos = self.positional_queries(reference * pos_scale)
+        points = self.point_anchors  # the reference is still a point anchor
         tgt = content
         all_logits, all_boxes, all_hidden, all_refs = [], [], [], []
         for d, layer in enumerate(self.layers):
             if d > 0 and self.dynamic_query_pos:
-                query_pos = self.positional_queries(reference)
-            tgt = layer(tgt, query_pos, reference[:, :, None] * scale, memory, spatial_shapes,
+                query_pos = self.positional_queries(reference * pos_scale)
+            if points:
+                sampling_ref = reference[:, :, None, :2] * valid_ratios[:, None]  # [B, N, L, 2]
+            else:
+                sampling_ref = reference[:, :, None] * scale  # [B, N, L, 4]
+            tgt = layer(tgt, query_pos, sampling_ref, memory, spatial_shapes,
                         level_start_index, memory_padding_mask, self_attn_mask)
             hidden = self.norm(tgt)
             box = (self.box_head(d)(hidden) + reference_logits).sigmoid()
@@ -212,6 +260,11 @@ class DeformableDecoder(nn.Module):
             all_hidden.append(hidden)
             all_refs.append(reference)
             if self.box_refine:
-                reference = box.detach()
-                reference_logits = inverse_sigmoid(box if self.look_forward_twice else reference)
+                points = False
+                if self.raw_refinement:
+                    following = (self.box_head(d)(tgt) + inverse_sigmoid(reference)).sigmoid()
+                else:
+                    following = box
+                reference = following.detach()
+                reference_logits = inverse_sigmoid(following if self.look_forward_twice else reference)
         return (torch.stack(all_logits), torch.stack(all_boxes), torch.stack(all_hidden), torch.stack(all_refs))

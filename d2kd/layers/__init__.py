@@ -7,6 +7,7 @@ from .box_ops import (
     pairwise_box_iou,
     pairwise_generalized_box_iou,
 )
+from .conditional_layers import ConditionalDecoderLayer, TransformerEncoderLayer, multi_head_attention
 from .deformable_layers import DeformableDecoderLayer, DeformableEncoderLayer, FeedForward
 from .focal_loss import focal_class_cost, prior_bias, sigmoid_focal_loss
 from .mlp import MLP

@@ -15,7 +15,7 @@ from torch import nn
 
 from .ms_deform_attn import MultiScaleDeformableAttention
 
-_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
+_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "prelu": nn.PReLU}  # PReLU: DAB-DETR
 
 
 class FeedForward(nn.Module):
@@ -42,7 +42,7 @@ class DeformableEncoderLayer(nn.Module):
         embed_dim, num_heads, num_levels, num_points: of the deformable attention.
         ffn_dim: hidden width of the feed-forward block.
         dropout: after attention and inside the feed-forward block.
-        activation: "relu" or "gelu".
+        activation: "relu", "gelu" or "prelu" (one learned slope).
     """
 
     def __init__(self, embed_dim: int = 256, num_heads: int = 8, num_levels: int = 4, num_points: int = 4,

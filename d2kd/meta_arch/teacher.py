@@ -24,8 +24,17 @@ logger = logging.getLogger(__name__)
 _AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def _read_state_dict(path: str) -> Dict[str, torch.Tensor]:
-    """Reads the model weights of ``path`` (a d2kd/detectron2 ``.pth`` or a detectron2 ``.pkl``)."""
+def _read_state_dict(path: str, model: Optional[nn.Module] = None) -> Dict[str, torch.Tensor]:
+    """Reads the model weights of ``path``: a d2kd/detectron2 ``.pth``, a detectron2 ``.pkl``, a
+    DINO release ``.pth`` (IDEA-Research, detrex) or a Hugging Face model folder (the last two
+    converted for ``model``, see :mod:`d2kd.convert`)."""
+    if os.path.isdir(path):
+        from d2kd.convert import ConversionError, load_hf_for_model
+
+        try:
+            return load_hf_for_model(path, model)
+        except ConversionError as e:
+            raise TeacherCheckpointError(f"teacher checkpoint {path!r}: {e}") from e
     if not os.path.isfile(path):
         raise TeacherCheckpointError(
             f"teacher checkpoint not found: {path!r} (set model.teacher.weights to the "
@@ -46,6 +55,15 @@ def _read_state_dict(path: str) -> Dict[str, torch.Tensor]:
         data = data["model"]
     if not isinstance(data, Mapping):
         raise TeacherCheckpointError(f"teacher checkpoint {path!r} holds no state dict")
+    if model is not None:  # a DINO release (IDEA-Research, detrex) is converted for the model
+        from d2kd.convert import ConversionError, load_release_for_model
+
+        try:
+            converted = load_release_for_model(dict(data), model, path)
+        except ConversionError as e:
+            raise TeacherCheckpointError(f"teacher checkpoint {path!r}: {e}") from e
+        if converted is not None:
+            return converted
     return dict(data)
 
 
@@ -66,7 +84,8 @@ class FrozenTeacher(nn.Module):
     Args:
         model: the teacher detector, already built from its config (any d2kd DETR or
             detectron2 meta-architecture).
-        weights: path of its checkpoint. Required: an empty path is an error unless
+        weights: path of its checkpoint (``.pth``, detectron2 ``.pkl``, or a Hugging Face model
+            folder with ``config.json``, converted on the fly by :mod:`d2kd.convert`). Required: an empty path is an error unless
             ``allow_uninitialized`` is set (tests and smoke runs only), because distilling from
             a randomly initialised teacher silently wastes a training run.
         allow_uninitialized: accept ``weights=""`` and keep the random initialisation.
@@ -95,7 +114,7 @@ class FrozenTeacher(nn.Module):
         self.amp_dtype = amp_dtype
         self.flip_channels = flip_channels
         if weights:
-            state = _strip_prefix(_read_state_dict(weights), model.state_dict())
+            state = _strip_prefix(_read_state_dict(weights, model), model.state_dict())
             check_state_dict_fits(state, model, weights)
             model.load_state_dict(state, strict=True)
             logger.info("Loaded teacher weights from %s", weights)

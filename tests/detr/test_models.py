@@ -11,6 +11,15 @@ VARIANTS = {
     "deformable_refine_two_stage": (
         "deformable_detr", ("two_stage=True", "decoder.box_refine=True", "decoder.share_heads=False")
     ),
+    # Deformable DETR's queries as published (learned positions, 2-d reference points)
+    "deformable_paper": (
+        "deformable_detr", ("query_type=paper", "decoder.point_anchors=True", "decoder.anchor_pos=False")
+    ),
+    "deformable_paper_refine_two_stage": (
+        "deformable_detr", ("query_type=paper", "two_stage=True", "decoder.box_refine=True",
+                            "decoder.share_heads=False", "decoder.anchor_pos=False")
+    ),
+    "dab": ("dab_detr", ()),
 }
 
 
@@ -163,3 +172,33 @@ def test_inference_rescales_to_original_size(build_model, make_input):
     assert torch.allclose(inst.scores[0], torch.tensor(3.0).sigmoid())
     # (0.25..0.75) x (0.375..0.625) of a 160 x 128 original
     assert torch.allclose(inst.pred_boxes.tensor[0], torch.tensor([40.0, 48.0, 120.0, 80.0]), atol=1e-4)
+
+
+def test_raw_refinement_and_scaled_query_pos(build_model, inputs):
+    """DINO's released code: the next reference from the layer output before the final norm (the
+    prediction still uses the normed output); positional queries from boxes scaled to the padded
+    maps. Both differ from d2kd's default DINO."""
+    from d2kd.layers import inverse_sigmoid
+
+    model = build_model("dino", ("decoder.raw_refinement=True", "decoder.scaled_query_pos=True")).eval()
+    # not the zero init of the box delta, nor the identity affine of the final norm (whose input
+    # already is a LayerNorm output), so that raw and normed outputs predict different boxes
+    torch.nn.init.normal_(model.decoder.box_head(0).layers[-1].weight, std=0.1)
+    torch.nn.init.normal_(model.decoder.norm.weight, mean=1.0, std=0.5)
+    torch.nn.init.normal_(model.decoder.norm.bias, std=0.5)
+    raw, seen = {}, []
+    model.decoder.layers[0].register_forward_hook(lambda m, i, o: raw.setdefault("out", o))
+    positional = model.decoder.positional_queries
+    model.decoder.positional_queries = lambda boxes: seen.append(boxes) or positional(boxes)
+    with torch.no_grad():
+        record = model.run(model.preprocess_image(inputs))
+        out = record.outputs
+        head = model.decoder.box_head(0)
+        following = (head(raw["out"]) + inverse_sigmoid(out.references[0])).sigmoid()
+        assert torch.allclose(out.references[1], following, atol=1e-6)
+        assert torch.allclose(out.boxes[0], (head(model.decoder.norm(raw["out"])) + record.queries.anchor_logits).sigmoid(),
+                              atol=1e-6)
+        assert not torch.allclose(out.references[1], out.boxes[0], atol=1e-4)
+        ratios = record.enc.valid_ratios[:, 0].repeat(1, 2)[:, None]  # first level, (w, h, w, h)
+        assert torch.allclose(seen[0], out.references[0] * ratios)
+        assert (ratios < 1).any()  # the images are padded (to the batch size and size_divisibility)

@@ -80,9 +80,15 @@ def test_denoising_mask_stops_leakage(build_model, inputs):
         assert not torch.allclose(moved["dn"].hidden, base["dn"].hidden, atol=ATOL)
 
 
-@pytest.mark.parametrize("name", ["dino", "deformable_detr"])
-def test_extra_group_is_isolated_and_decodes_as_alone(build_model, inputs, name):
-    model = build_model(name).eval()
+PAPER_TWO_STAGE = ("query_type=paper", "two_stage=True", "decoder.box_refine=True", "decoder.share_heads=False",
+                   "decoder.anchor_pos=False")
+
+
+@pytest.mark.parametrize("name, overrides", [("dino", ()), ("deformable_detr", ()), ("dab_detr", ()),
+                                             ("deformable_detr", PAPER_TWO_STAGE)],
+                         ids=["dino", "deformable_detr", "dab_detr", "deformable_detr_paper_two_stage"])
+def test_extra_group_is_isolated_and_decodes_as_alone(build_model, inputs, name, overrides):
+    model = build_model(name, overrides).eval()
     with torch.no_grad():
         _, _, enc, det = _prepare(model, inputs)
         extra = _extra_group(det)
@@ -146,3 +152,18 @@ def test_separate_passes_equal_one_masked_pass(build_model, inputs):
     assert list(separate) == [g.name for g in groups]
     for name in separate:
         assert _same(separate[name], together[name]), name
+
+
+def test_paper_one_stage_needs_positions(build_model, inputs):
+    """Deformable DETR's published one-stage queries have learned positions no anchor determines:
+    a group without its own positions is an error, one with them decodes (and stays isolated)."""
+    model = build_model("deformable_detr", ("query_type=paper", "decoder.point_anchors=True",
+                                            "decoder.anchor_pos=False")).eval()
+    with torch.no_grad():
+        _, _, enc, det = _prepare(model, inputs)
+        with pytest.raises(ValueError, match="must give QueryGroup.position"):
+            model.decode(enc, [det, _extra_group(det)])
+        extra = _extra_group(det)
+        extra = dataclasses.replace(extra, position=torch.randn(*extra.content.shape))
+        joint = model.decode(enc, [det, extra])
+        assert _same(joint["det"], model.decode(enc, [det])["det"])
