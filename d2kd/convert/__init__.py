@@ -1,5 +1,5 @@
 """Checkpoints of other frameworks as d2kd checkpoints: Hugging Face transformers folders
-(Deformable DETR, DAB-DETR) and the DINO releases (IDEA-Research, detrex)."""
+(Deformable DETR, DAB-DETR), the DINO releases (IDEA-Research, detrex) and detrex's Deformable DETR."""
 from .errors import ConversionError
 from .hf import (
     Converted,

@@ -79,6 +79,16 @@ def _backbone_levels(state, source: str) -> int:
     return _count(state, r"neck\.convs\.(\d+)\.")
 
 
+def backbone_depth(state, source: str) -> int:
+    """ResNet depth (50/101/152) from the number of res4 blocks."""
+    prefix = _names(source)["backbone"] + ("layer3." if source == "idea" else "res4.")
+    blocks = _count(state, re.escape(prefix) + r"(\d+)\.")
+    depth = {6: 50, 23: 101, 36: 152}.get(blocks)
+    if depth is None:
+        raise ConversionError(f"backbone with {blocks} res4 blocks: d2kd converts R-50/101/152 releases")
+    return depth
+
+
 def config_values(state: Dict[str, torch.Tensor], source: str) -> Dict[str, Any]:
     """d2kd DINO config values (keys relative to ``model``) read off a release's state dict."""
     n = _names(source)
@@ -86,11 +96,7 @@ def config_values(state: Dict[str, torch.Tensor], source: str) -> Dict[str, Any]
     levels = state[n["level"]].shape[0]
     enc_layers, dec_layers = _count(state, rf"{n['enc']}\.(\d+)\."), _count(state, rf"{n['dec']}\.(\d+)\.")
     heads = state[f"{n['enc']}.0.{n['enc_msda']}.attention_weights.weight"].shape[0] // (levels * NUM_POINTS)
-    prefix = n["backbone"] + ("layer3." if source == "idea" else "res4.")
-    blocks = _count(state, re.escape(prefix) + r"(\d+)\.")
-    depth = {6: 50, 23: 101, 36: 152}.get(blocks)
-    if depth is None:
-        raise ConversionError(f"backbone with {blocks} res4 blocks: d2kd converts R-50/101/152 DINO releases")
+    depth = backbone_depth(state, source)
     heads_key = "class_embed.0.weight"
     num_in = _backbone_levels(state, source)
     values = {
@@ -122,13 +128,12 @@ def _permute_pos_head(weight: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, y, w, h], dim=1)
 
 
-def convert_state(state: Dict[str, torch.Tensor], source: str) -> Tuple[Dict[str, torch.Tensor], List[str]]:
-    """Maps a release's tensors to d2kd DINO names; returns ``(state, unused keys)``."""
-    values = config_values(state, source)
+def take_backbone_and_layers(state: Dict[str, torch.Tensor], source: str, src: TensorSource,
+                             out: Dict[str, torch.Tensor], values: Dict[str, Any]) -> None:
+    """Fills ``out`` with the backbone, the input projections, the level embeddings and the
+    encoder and decoder layers of an ``idea`` or ``detrex`` checkpoint (detrex's Deformable DETR
+    names these as its DINO does: :mod:`.detrex_deformable_detr` uses this too)."""
     n = _names(source)
-    src = TensorSource(state)
-    out: Dict[str, torch.Tensor] = {}
-
     resnet = {k[len(n["backbone"]):]: v for k, v in state.items() if k.startswith(n["backbone"])}
     if n["layout"] == "detectron2":
         renamed, left = {k: v for k, v in resnet.items() if not k.endswith("num_batches_tracked")}, []
@@ -177,6 +182,14 @@ def convert_state(state: Dict[str, torch.Tensor], source: str) -> Tuple[Dict[str
         src.take_module(out, f"{ours}.ffn.linear1", f"{hf}.{ffn[0]}")
         src.take_module(out, f"{ours}.ffn.linear2", f"{hf}.{ffn[1]}")
         src.take_module(out, f"{ours}.ffn.norm", f"{hf}.{norms[2]}")
+
+
+def convert_state(state: Dict[str, torch.Tensor], source: str) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """Maps a release's tensors to d2kd DINO names; returns ``(state, unused keys)``."""
+    values = config_values(state, source)
+    src = TensorSource(state)
+    out: Dict[str, torch.Tensor] = {}
+    take_backbone_and_layers(state, source, src, out, values)
     src.take_module(out, "decoder.norm", "transformer.decoder.norm")
     out["decoder.query_pos_head.layers.0.weight"] = _permute_pos_head(
         src.take("transformer.decoder.ref_point_head.layers.0.weight"))

@@ -275,12 +275,13 @@ def fill_step_counters(state: Dict[str, torch.Tensor], model: nn.Module) -> Dict
 
 
 def load_release_for_model(state: Dict[str, torch.Tensor], model: nn.Module, source: str):
-    """A DINO release's state dict converted for the built d2kd ``model`` (structure checked), or
-    None when ``state`` is not a DINO release."""
-    from .dino_release import convert_release, detect
+    """A release's state dict (DINO: IDEA-Research, detrex; detrex Deformable DETR) converted for
+    the built d2kd ``model`` (structure checked), or None when ``state`` is none of these."""
+    from .releases import find_release
 
-    if detect(state) is None:
+    conv = find_release(state)
+    if conv is None:
         return None
-    out, values, _ = convert_release(state, num_classes=getattr(model, "num_classes", None))
+    out, values, _ = conv.convert_release(state, num_classes=getattr(model, "num_classes", None))
     check_model_values(model, values, source)
     return fill_step_counters(out, model)

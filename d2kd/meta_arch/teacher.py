@@ -26,8 +26,8 @@ _AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 def _read_state_dict(path: str, model: Optional[nn.Module] = None) -> Dict[str, torch.Tensor]:
     """Reads the model weights of ``path``: a d2kd/detectron2 ``.pth``, a detectron2 ``.pkl``, a
-    DINO release ``.pth`` (IDEA-Research, detrex) or a Hugging Face model folder (the last two
-    converted for ``model``, see :mod:`d2kd.convert`)."""
+    release ``.pth`` (DINO: IDEA-Research, detrex; detrex Deformable DETR) or a Hugging Face model
+    folder (the last two converted for ``model``, see :mod:`d2kd.convert`)."""
     if os.path.isdir(path):
         from d2kd.convert import ConversionError, load_hf_for_model
 
@@ -55,7 +55,7 @@ def _read_state_dict(path: str, model: Optional[nn.Module] = None) -> Dict[str, 
         data = data["model"]
     if not isinstance(data, Mapping):
         raise TeacherCheckpointError(f"teacher checkpoint {path!r} holds no state dict")
-    if model is not None:  # a DINO release (IDEA-Research, detrex) is converted for the model
+    if model is not None:  # a release (DINO, detrex Deformable DETR) is converted for the model
         from d2kd.convert import ConversionError, load_release_for_model
 
         try:

@@ -3,8 +3,8 @@
     python -m d2kd.tools.convert_checkpoint path/to/hf_folder teacher.pth [--dataset coco_2017_train]
     python -m d2kd.tools.convert_checkpoint checkpoint0011_4scale.pth teacher.pth --num-classes 80
 
-A DINO release file (IDEA-Research/DINO, detrex's DINO) is converted by
-:mod:`d2kd.convert.dino_release`. The folder is read as it lies on disk (``config.json`` + ``model.safetensors`` or
+A release file (IDEA-Research/DINO, detrex's DINO, detrex's Deformable DETR) is converted by
+:mod:`d2kd.convert.releases`. The folder is read as it lies on disk (``config.json`` + ``model.safetensors`` or
 ``pytorch_model.bin``); nothing is downloaded. The output is ``{"model": state_dict,
 "d2kd_config": {...}}``, written atomically; the d2kd config values are printed as overrides,
 for a detector config (``model.``) and for the teacher of a distillation config
@@ -22,7 +22,7 @@ import sys
 import torch
 
 from d2kd.convert import ConversionError, Converted, build_model_config, convert_hf_folder, overrides
-from d2kd.convert.dino_release import convert_release
+from d2kd.convert.releases import convert_any_release
 from d2kd.engine.checkpoint import _atomic_write
 
 
@@ -38,7 +38,8 @@ def dataset_classes(name: str):
 
 
 def read_release(path: str, num_classes=None) -> Converted:
-    """A DINO release checkpoint file (IDEA-Research or detrex) as a :class:`Converted`."""
+    """A release checkpoint file (DINO: IDEA-Research or detrex; detrex Deformable DETR) as a
+    :class:`Converted`."""
     try:
         data = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # truncated, not a checkpoint at all, ...
@@ -46,12 +47,12 @@ def read_release(path: str, num_classes=None) -> Converted:
     state = data.get("model", data) if isinstance(data, dict) else None
     if not isinstance(state, dict):
         raise ConversionError(f"checkpoint {path!r} holds no state dict")
-    out, values, _ = convert_release(state, num_classes)
-    return Converted(out, values, "dino")
+    out, values, model_config = convert_any_release(state, num_classes)
+    return Converted(out, values, model_config)
 
 
 def convert(folder: str, output: str, dataset: str = "", num_classes=None):
-    """Converts ``folder`` (a Hugging Face folder or a DINO release file) to ``output``; returns
+    """Converts ``folder`` (a Hugging Face folder or a release file) to ``output``; returns
     the :class:`~d2kd.convert.Converted`."""
     from detectron2.config import instantiate
 
@@ -72,8 +73,8 @@ def convert(folder: str, output: str, dataset: str = "", num_classes=None):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder", help="Hugging Face model folder (config.json + weights), or a DINO release "
-                                       "checkpoint file (IDEA-Research or detrex)")
+    parser.add_argument("folder", help="Hugging Face model folder (config.json + weights), or a release "
+                                       "checkpoint file (DINO: IDEA-Research or detrex; detrex Deformable DETR)")
     parser.add_argument("output", help="d2kd checkpoint to write (.pth)")
     parser.add_argument("--dataset", default="", help="keep the classes of this registered data set, by name")
     parser.add_argument("--num-classes", type=int, default=None,
