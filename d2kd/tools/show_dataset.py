@@ -5,9 +5,13 @@
 
 Each tile is an image (upscaled ``--scale`` times, nearest neighbour) with its boxes and class
 names. The statistics (objects per image, COCO size ranges of the box areas, objects per class)
-are those of the whole data set.
+are those of the whole data set. Boxes that cannot be trained on (zero or negative width or
+height, not finite, outside the image) are dropped first, as the training loader drops them
+(:func:`d2kd.data.validation.drop_bad_boxes`, one warning with the count and an example), and the
+statistics count them.
 """
 import argparse
+import logging
 import sys
 from collections import Counter
 from typing import Dict, List, Sequence
@@ -23,7 +27,10 @@ def _palette(n: int) -> List[tuple]:
 
 def draw_grid(dicts: Sequence[Dict], class_names: Sequence[str], cols: int = 4,
               scale: int = 2, boxes: bool = True) -> Image.Image:
-    """A grid of the images of ``dicts`` (detectron2 format, XYWH/XYXY_ABS boxes) with boxes."""
+    """A grid of the images of ``dicts`` (detectron2 format, XYWH/XYXY_ABS boxes) with boxes.
+
+    The boxes must have a positive width and height (``drop_bad_boxes`` removes the others).
+    """
     from detectron2.structures import BoxMode
 
     colours = _palette(len(class_names))
@@ -53,8 +60,9 @@ def draw_grid(dicts: Sequence[Dict], class_names: Sequence[str], cols: int = 4,
     return grid
 
 
-def statistics(dicts: Sequence[Dict], class_names: Sequence[str]) -> str:
-    """A text table: images, objects per image, COCO size ranges (box area), objects per class."""
+def statistics(dicts: Sequence[Dict], class_names: Sequence[str], dropped: int = 0) -> str:
+    """A text table: images, objects per image, COCO size ranges (box area), objects per class,
+    and the ``dropped`` boxes (removed from ``dicts`` before) when there are any."""
     from detectron2.structures import BoxMode
 
     from d2kd.data.shapes import size_bucket
@@ -71,8 +79,11 @@ def statistics(dicts: Sequence[Dict], class_names: Sequence[str]) -> str:
         f"images {len(dicts)}, objects {int(counts.sum())}, per image mean {counts.mean():.2f} "
         f"median {int(np.median(counts))} max {counts.max()}, empty images "
         f"{int((counts == 0).sum())} ({100 * (counts == 0).mean():.1f}%)",
-        "size (box area)  count  share",
     ]
+    if dropped:
+        lines.append(f"dropped boxes {dropped} (zero or negative width/height, not finite, or "
+                     "outside the image; not counted below)")
+    lines.append("size (box area)  count  share")
     for k in ("small", "medium", "large"):
         lines.append(f"{k:<16} {sizes[k]:>6}  {100 * sizes[k] / total:5.1f}%")
     lines.append("class            count")
@@ -96,14 +107,18 @@ def main(argv=None) -> int:
     import d2kd.data  # noqa: F401  registers the built-in data sets
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    dicts = DatasetCatalog.get(args.dataset)
+    from d2kd.data.validation import drop_bad_boxes
+
+    # Shows the one warning of drop_bad_boxes (a logger without handlers would too, unformatted).
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    dicts, dropped = drop_bad_boxes(DatasetCatalog.get(args.dataset), args.dataset)
     names = MetadataCatalog.get(args.dataset).thing_classes
     sample = dicts[args.start: args.start + args.num]
     draw_grid(sample, names, cols=args.cols, scale=args.scale,
               boxes=not args.no_boxes).save(args.out)
     print(f"wrote {args.out} ({len(sample)} images of {args.dataset})")
     if not args.no_stats:
-        print(statistics(dicts, names))
+        print(statistics(dicts, names, dropped))
     return 0
 
 

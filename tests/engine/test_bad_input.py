@@ -184,3 +184,33 @@ def test_bad_boxes_are_dropped_with_one_warning(tmp_path, caplog):
     assert len(dicts[0]["annotations"]) == 4  # the data set's own dicts are untouched
     warnings = [r for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "dropped 3 of 4 boxes" in warnings[0].getMessage()
+
+
+def test_show_dataset_drops_bad_boxes_and_says_so(tmp_path, capsys, caplog):
+    import numpy as np
+    from PIL import Image
+
+    from d2kd.tools import show_dataset
+
+    _png(tmp_path / "a.png")
+    name = _register(tmp_path, "d2kd_test_show_bad_boxes", [
+        {"id": 1, "file_name": "a.png", "width": 16, "height": 16}], [
+        {"id": 30, "image_id": 1, "category_id": 2, "bbox": [1, 1, 5, 5], "area": 25,
+         "iscrowd": 0},
+        {"id": 31, "image_id": 1, "category_id": 1, "bbox": [3, 3, 0, 4], "area": 0,
+         "iscrowd": 0},   # zero width: PIL refused to draw it
+        {"id": 32, "image_id": 1, "category_id": 1, "bbox": [3, 3, 4, -2], "area": 1,
+         "iscrowd": 0}])  # negative height
+    out = tmp_path / "grid.png"
+    with caplog.at_level("WARNING", logger="d2kd.data.validation"):
+        assert show_dataset.main(["--dataset", name, "--out", str(out), "--scale", "1",
+                                  "--cols", "1"]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "dropped 2 of 3 boxes" in warnings[0], warnings
+    assert "annotation #1 of" in warnings[0] and "has width 0" in warnings[0], warnings[0]
+    stats = capsys.readouterr().out
+    assert "dropped boxes 2" in stats and "objects 1," in stats, stats
+    # the kept box [1, 1, 6, 6] of class c1 (category id 2) is drawn: its left edge
+    pixels = np.asarray(Image.open(out).convert("RGB"))
+    assert pixels.shape == (16, 16, 3)
+    assert (pixels[1:6, 1] == show_dataset._palette(12)[1]).all(), pixels[1:6, 1]
