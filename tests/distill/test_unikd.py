@@ -283,9 +283,13 @@ def test_stage2_gradients_reach_only_the_student_and_the_adaptor(event_storage):
     assert all(p.grad is None for p in teacher.parameters())
     assert all(p.grad is not None for p in unikd.adaptor.parameters())
     assert any(p.grad.abs().sum() > 0 for p in unikd.adaptor.parameters())
-    # the student's ResNet and the FPN levels the teacher has (P3-P6); its P7 is not distilled
+    # the student's trainable ResNet stages (stem and res2 are frozen, as with ImageNet weights)
+    # and the FPN levels the teacher has (P3-P6); its P7 is not distilled
     student = dict(model.student.backbone.named_parameters())
-    assert all(p.grad is not None for n, p in student.items() if not n.startswith("top_block.p7"))
+    frozen = [n for n, p in student.items() if not p.requires_grad]
+    assert frozen and all(n.startswith(("bottom_up.stem", "bottom_up.res2")) for n in frozen)
+    assert all(p.grad is not None for n, p in student.items()
+               if p.requires_grad and not n.startswith("top_block.p7"))
     assert student["top_block.p7.weight"].grad is None
     opt.step()
     for k, v in {**ake.state_dict(), **teacher.model.state_dict()}.items():
