@@ -246,6 +246,8 @@ class Plan:
             for name, config, overrides, prior, part in HOMOGENEOUS:
                 if part not in parts or (part == "ablation" and seed != self.args.seeds[0]):
                     continue
+                if self.args.rows and name not in self.args.rows:
+                    continue
                 slug = "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
                 while "__" in slug:
                     slug = slug.replace("__", "_")
@@ -410,6 +412,8 @@ def plot(path: str, homo: Optional[Dict[str, List[RunResult]]], uni_rows: Option
     from d2kd.engine.checkpoint import _atomic_write
 
     panels = (2 if homo else 0) + (1 if uni_rows else 0)
+    if not panels:  # e.g. a part run without its reference row: nothing to plot
+        return ""
     fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.8), squeeze=False)
     axes = list(axes[0])
     if homo:
@@ -469,6 +473,8 @@ def parse_args(argv=None):
     p.add_argument("--only", choices=PARTS, default="all",
                    help="core: the 2-seed homogeneous rows; ablation: the other homogeneous rows (first "
                         "seed); homogeneous: both; heterogeneous: DINO -> Faster R-CNN R-18; universality")
+    p.add_argument("--rows", default="", help="comma-separated homogeneous row names to run (default: all "
+                   "of the part), e.g. 'student alone,KD-DETR (both)'")
     p.add_argument("--teacher-root", default="./output/builtin",
                    help="where the DINO teacher lives (shared with the demo)")
     p.add_argument("--output", default="./output/kd_gain")
@@ -479,6 +485,10 @@ def parse_args(argv=None):
                    help="config overrides passed to every run (and to the knowledge dump)")
     args = p.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in args.rows if r not in [row[0] for row in HOMOGENEOUS]]
+    if unknown:
+        p.error(f"unknown --rows {unknown}; rows: {[row[0] for row in HOMOGENEOUS]}")
     if not args.seeds:
         p.error("--seeds needs at least one seed")
     if args.tiny:
