@@ -9,18 +9,9 @@
 #   - constant group weights (1 and 1, no general-to-specific schedule);
 #   - foreground re-weighting by the teacher's best score (model.losses.kd_detr.foreground_weighting).
 # benchmarks/kd_gain.py compares this with the variant.
+from ..common.kd_detr import use_reference_kd_detr
 from .dino_R50_to_R18_builtin import dataloader, lr_multiplier, model, optimizer, train
 
-model.losses.kd_detr.num_general = 100
-model.losses.kd_detr.num_specific = None
-model.losses.kd_detr.distribution = "normal"
-model.losses.kd_detr.share_points_across_batch = True
-model.losses.kd_detr.general_weight = 1.0
-model.losses.kd_detr.specific_weight = 1.0
-model.losses.kd_detr.class_loss = "kl"
-model.losses.kd_detr.temperature = 10.0
-model.losses.kd_detr.normalization = "reference"
-model.losses.kd_detr.foreground_weighting = True
-model.losses.kd_detr.content = "zero"  # DAB-DETR's queries: zero content
+use_reference_kd_detr(model.losses.kd_detr, num_general=100)
 
 train.output_dir = "./output/kd_detr/dino_R50_to_R18_reference_builtin"

@@ -17,7 +17,6 @@ rejects a corrupt file, and a file made by another version of this tool, from an
 or for another architecture, each with an error that names the file and says what to run.
 """
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -36,7 +35,7 @@ from detectron2.modeling.backbone import BasicStem
 from ..data.crops import BACKGROUND, CropSpec, make_crops
 from ..data.shapes import GENERATOR_VERSION, ShapesSpec
 from ..layers import ScratchResNet
-from .checkpoint import CheckpointError, _atomic_write
+from .checkpoint import CheckpointError, _atomic_write, sha256_file
 from .model_zoo import pretrained_weights, resnet_stages
 
 __all__ = [
@@ -137,14 +136,6 @@ def is_builtin_backbone(path: str) -> bool:
 
 def _manifest_path(path: str) -> str:
     return os.path.splitext(path)[0] + ".json"
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _identity(recipe: PretrainRecipe, shapes: ShapesSpec) -> Dict:
@@ -248,7 +239,7 @@ def write_weights(path: str, result: Dict, recipe: PretrainRecipe, shapes: Shape
     payload = {"model": result["state_dict"], "__author__": f"d2kd.pretrain_backbone v{PRETRAIN_VERSION}",
                "matching_heuristics": True}
     _atomic_write(path, lambda f: torch.save(payload, f))
-    manifest = dict(_identity(recipe, shapes), sha256=_sha256(path),
+    manifest = dict(_identity(recipe, shapes), sha256=sha256_file(path),
                     val_accuracy=result["val_accuracy"], train_seconds=result["train_seconds"],
                     num_crops=result["num_crops"], torch_threads=torch.get_num_threads())
     _atomic_write(_manifest_path(path), lambda f: f.write(json.dumps(manifest, indent=1).encode()))
@@ -285,7 +276,7 @@ def verify_weights(path: str, recipe: Optional[PretrainRecipe] = None,
         raise PretrainedWeightsError(
             f"built-in pretrained backbone {path!r} has no readable manifest {manifest_file!r} ({e}): "
             f"it was not written completely; {_fix_hint(path, depth)}") from e
-    if manifest.get("sha256") != _sha256(path):
+    if manifest.get("sha256") != sha256_file(path):
         raise PretrainedWeightsError(
             f"built-in pretrained backbone {path!r} is corrupt (its sha256 differs from the one in "
             f"{manifest_file!r}); {_fix_hint(path, depth)}")

@@ -7,6 +7,7 @@ error deep inside ``torch.load``. :class:`AtomicCheckpointer` writes every file 
 name in the same directory and ``os.replace``-s it into place (atomic on POSIX file systems), so
 readers only ever see the previous complete file or the new complete file.
 """
+import hashlib
 import logging
 import os
 import re
@@ -31,6 +32,15 @@ _MODEL_ZOO_URL = "https://dl.fbaipublicfiles.com/detectron2/"
 
 class CheckpointError(D2KDUserError):
     """A checkpoint is missing, truncated, unreadable, or named by a broken ``last_checkpoint``."""
+
+
+def sha256_file(path: str) -> str:
+    """The sha256 hex digest of a file, read in 4 MB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> None:

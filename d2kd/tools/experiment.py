@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Sequence, Set
 
 # detectron2 still calls torch.jit.script at import time; the deprecation notice is noise here.
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
-from d2kd.engine.checkpoint import _atomic_write
+from d2kd.engine.checkpoint import _atomic_write, sha256_file
 from d2kd.engine.hooks import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -68,11 +68,7 @@ def file_identity(path: str) -> str:
         if path.endswith(".pth") and os.path.isfile(manifest):
             with open(manifest) as f:
                 return json.load(f)["sha256"]
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-        return h.hexdigest()
+        return sha256_file(path)
     except (OSError, KeyError, json.JSONDecodeError):
         return "missing"
 
