@@ -12,6 +12,8 @@ from detectron2.utils.events import EventStorage
 from d2kd.distill.base import DistillStep
 from d2kd.distill.unikd import (
     KNOWLEDGE_KEYS,
+    PAPER_REPORTED_PARAMETERS,
+    PAPER_SIZED_AKE,
     AKECheckpointError,
     AKEPair,
     FrozenAKE,
@@ -106,6 +108,17 @@ def test_box_sampling_obeys_iou_bounds(num_gt):
         assert (torch.diagonal(_iou(boxes[:n_pos], gt[gt_index])) > 0.6).all()
     if num_gt and n_pos < 200:
         assert (_iou(boxes[n_pos:], gt).max(-1).values < 0.4).all()
+
+
+def test_paper_sized_akes_have_the_papers_parameter_count():
+    # Sec. 3.2.1: 1.56M per AKE at the paper's C = 256, 4 levels, N = 200, 80 COCO classes
+    pair = AKEPair(embed_dim=256, strides=(8, 16, 32, 64), num_classes=80, num_queries=200, **PAPER_SIZED_AKE)
+    per_ake = [sum(p.numel() for p in ake.parameters()) for ake in (pair.ct, pair.pos)]
+    assert sum(per_ake) == pair.num_parameters()
+    for count in per_ake:
+        assert abs(count - PAPER_REPORTED_PARAMETERS) / PAPER_REPORTED_PARAMETERS < 0.03, per_ake
+    cfg = LazyConfig.load(os.path.join(ROOT, "configs/unikd/dino_R50_absorb_paper_sized.py"))
+    assert cfg.model.ake.ffn_dim == PAPER_SIZED_AKE["ffn_dim"] and cfg.model.ake.num_queries == 200
 
 
 def test_box_sampling_fills_crowded_images():
