@@ -331,6 +331,13 @@ class AKE(nn.Module):
         nn.init.zeros_(self.box_head.layers[-1].weight)  # start at the reference box / point
         nn.init.zeros_(self.box_head.layers[-1].bias)
 
+    def num_parameters(self, heads: bool = True) -> int:
+        """Parameters of this AKE; ``heads=False`` leaves out the stage-1 class/box heads."""
+        total = sum(p.numel() for p in self.parameters())
+        if not heads:
+            total -= sum(p.numel() for m in (self.class_head, self.box_head) for p in m.parameters())
+        return total
+
     @staticmethod
     def _attend(layer: DeformableDecoderLayer, content: torch.Tensor, ref: torch.Tensor, pyr: Pyramid):
         return layer(content, torch.zeros_like(content), pyr.scale(ref), pyr.value, pyr.spatial_shapes,
@@ -389,19 +396,14 @@ class AKEPair(nn.Module):
                   num_heads=num_heads, num_points=num_points, ffn_dim=ffn_dim, dropout=dropout)
         self.ct = AKE(positional=False, **kw)
         self.pos = AKE(positional=True, **kw)
-        count = self.num_parameters()
+        ct, pos = self.ct.num_parameters(), self.pos.num_parameters()
         logger.info("UniKD AKEs: AKE_ct %.2fM, AKE_pos %.2fM parameters, %.2fM together (%.2fM without the FFN "
-                    "heads; the paper reports %.2fM per AKE)", sum(p.numel() for p in self.ct.parameters()) / 1e6,
-                    sum(p.numel() for p in self.pos.parameters()) / 1e6, count / 1e6,
+                    "heads; the paper reports %.2fM per AKE)", ct / 1e6, pos / 1e6, (ct + pos) / 1e6,
                     self.num_parameters(heads=False) / 1e6, PAPER_REPORTED_PARAMETERS / 1e6)
 
     def num_parameters(self, heads: bool = True) -> int:
         """Parameters of both AKEs; ``heads=False`` leaves out the stage-1 class/box heads."""
-        total = sum(p.numel() for p in self.parameters())
-        if not heads:
-            total -= sum(p.numel() for a in (self.ct, self.pos) for m in (a.class_head, a.box_head)
-                         for p in m.parameters())
-        return total
+        return self.ct.num_parameters(heads) + self.pos.num_parameters(heads)
 
     @property
     def stride_list(self) -> List[int]:
