@@ -18,3 +18,4 @@ def use_reference_kd_detr(kd_detr, num_general: int) -> None:
     kd_detr.normalization = "reference"
     kd_detr.foreground_weighting = True
     kd_detr.content = "zero"
+    kd_detr.reuse_teacher_detections = False

@@ -25,7 +25,20 @@ Points (per image, normalised cxcywh boxes of the unpadded input; two groups):
   score, so these are the top-scoring ones). They concentrate on objects.
 
 Both groups are clipped to the image once, where they are made, so every model decodes, pools or
-predicts at exactly the same boxes (a Faster R-CNN student cannot pool outside the image).
+predicts at exactly the same boxes (a Faster R-CNN student cannot pool outside the image) —
+except the specific points when the teacher's detections are reused (below).
+
+Teacher targets at the specific points (``reuse_teacher_detections``, default True): the
+specific points *are* the teacher's detection queries, so its predictions there are its own
+detection outputs (its learned content, among all its detection queries, as in plain inference);
+they are read from its detection outputs and the teacher decodes the general group only. The specific points are then the anchors exactly as
+the teacher decoded them, not clipped: a DETR student decodes any box, and Faster R-CNN's RoIAlign
+pools a box that crosses the border as it is (zeros outside), so every model still sees the same
+boxes. This is the teacher's best input (on the built-in DINO R-50 teacher, decoding its own anchors
+scores 7.8 AP with its learned content, 4.6 with the mean one, 4.0 with zero; see ``content``)
+and saves the teacher's second decoder pass over those points (on the built-in DINO R-50 -> R-18,
+``benchmarks/kd_step_cost.py``: see the README). ``False``: the teacher decodes the clipped anchors
+again with ``content`` (the reference, whose DAB-DETR teacher has no learned content to reuse).
 
 The teacher runs in eval mode, so it never has denoising queries; the specific points are taken
 from its detection group only (checked).
@@ -365,6 +378,8 @@ class KDDETR(DistillLoss):
             ``"reference"``: as the released code, the class term is ``sum_i w_i mean_k l_ik``
             (summed over points and layers, averaged over the classes, no normaliser) and the box
             terms are weighted means.
+        reuse_teacher_detections: the teacher's targets at the specific points are its detection
+            outputs, not a second decode of them with ``content`` (module doc; the reference: off).
     """
 
     teacher_families = ("detr",)
@@ -374,7 +389,7 @@ class KDDETR(DistillLoss):
     # weights are left out so that one store serves every schedule; a group switched off when
     # dumping is simply absent (reading it fails with the missing key's name).
     knowledge_args = ("name", "num_general", "num_specific", "distribution", "size_range", "aspect_range",
-                      "content", "point_source", "share_points_across_batch")
+                      "content", "point_source", "share_points_across_batch", "reuse_teacher_detections")
 
     def __init__(
         self,
@@ -398,6 +413,7 @@ class KDDETR(DistillLoss):
         share_points_across_batch: bool = False,
         foreground_weighting: bool = True,
         normalization: str = "weighted_mean",
+        reuse_teacher_detections: bool = True,
     ):
         super().__init__()
         for value, allowed, what in ((class_loss, CLASS_LOSSES, "class_loss"), (distribution, DISTRIBUTIONS,
@@ -426,6 +442,7 @@ class KDDETR(DistillLoss):
         self.share_points_across_batch = bool(share_points_across_batch)
         self.foreground_weighting = bool(foreground_weighting)
         self.normalization = normalization
+        self.reuse_teacher_detections = bool(reuse_teacher_detections)
         enabled = {"general": self.num_general > 0 and any(self.general_weight),
                    "specific": any(self.specific_weight)}
         self.groups = tuple(g for g in GROUPS if enabled[g])
@@ -480,9 +497,10 @@ class KDDETR(DistillLoss):
                 anchors = det.anchor_logits.detach().float()
                 if self.num_specific is not None:
                     anchors = anchors[:, : self.num_specific]
-                # Clipped here, once: every model then sees exactly the same boxes (a Faster R-CNN
-                # student can only pool inside the image).
-                out["specific"] = clip_boxes_cxcywh(anchors.sigmoid())
+                # Clipped here, once: every model then sees exactly the same boxes. Reused
+                # detections are the teacher's unclipped anchors (module doc).
+                boxes = anchors.sigmoid()
+                out["specific"] = boxes if self._reuses_detections else clip_boxes_cxcywh(boxes)
         step.cache[self.name] = out
         return out
 
@@ -495,19 +513,26 @@ class KDDETR(DistillLoss):
         content = content.to(det.content.dtype)
         return QueryGroup(self.group_name(group), content, inverse_sigmoid(points).to(det.anchor_logits.dtype))
 
-    def _groups(self, step: DistillStep, enc: EncoderState, det: QueryGroup, points) -> List[QueryGroup]:
-        return [self._query_group(g, points[g], det, enc.memory.shape[-1]) for g in self.groups]
+    @property
+    def _reuses_detections(self) -> bool:
+        """Whether the teacher's targets at the specific points are its detection outputs."""
+        return self.reuse_teacher_detections and self.point_source == "boxes" and "specific" in self.groups
+
+    def _groups(self, step: DistillStep, enc: EncoderState, det: QueryGroup, points,
+                groups: Sequence[str]) -> List[QueryGroup]:
+        return [self._query_group(g, points[g], det, enc.memory.shape[-1]) for g in groups]
 
     def teacher_groups(self, step: DistillStep, enc: EncoderState, det: QueryGroup) -> List[QueryGroup]:
         if self.point_source == "student_anchors":
             return []  # decoded after the student's pass, at its anchors
-        return self._groups(step, enc, det, self.points(step, det))
+        groups = [g for g in self.groups if not (g == "specific" and self._reuses_detections)]
+        return self._groups(step, enc, det, self.points(step, det), groups)
 
     def student_groups(self, step: DistillStep, enc: EncoderState, det: QueryGroup) -> List[QueryGroup]:
         if self.point_source == "student_anchors":
             raise ValueError("KDDETR point_source='student_anchors' is for RetinaNet / FCOS students; "
                              "a DETR student takes point_source='boxes'")
-        return self._groups(step, enc, det, self.points(step, device=enc.memory.device))
+        return self._groups(step, enc, det, self.points(step, device=enc.memory.device), self.groups)
 
     # ----------------------------------------------------------------- teacher side
     def _check_teacher(self, step: DistillStep) -> None:
@@ -527,6 +552,10 @@ class KDDETR(DistillLoss):
         self._check_teacher(step)
         out = {}
         for g in self.groups:
+            if g == "specific" and self._reuses_detections:
+                decoded, n = step.teacher.record.outputs, self.points(step)[g].shape[1]
+                out[g] = (decoded.logits[-1, :, :n].detach().float(), decoded.boxes[-1, :, :n].detach().float())
+                continue
             decoded = step.teacher.record.groups[self.group_name(g)]
             out[g] = (decoded.logits[-1].detach().float(), decoded.boxes[-1].detach().float())
         return out

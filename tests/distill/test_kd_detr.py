@@ -243,16 +243,45 @@ def test_same_points_reach_teacher_and_student(online):
     assert points["general"].shape == (2, 8, 4) and points["specific"].shape == (2, 10, 4)
     # the teacher's specific points are its own top-10 detection anchors (ranked proposals)
     assert torch.allclose(points["specific"], step.teacher.record.queries.anchor_logits[:, :10].sigmoid())
+    # the teacher's targets at the specific points are its detections (reused, not decoded again)
+    assert "kd_detr_specific" not in step.teacher.record.groups
+    det = step.teacher.record.outputs
     for g in ("general", "specific"):
-        t, s = step.teacher.record.groups[f"kd_detr_{g}"], step.student.record.groups[f"kd_detr_{g}"]
-        assert torch.equal(t.references[0], s.references[0])  # layer 0 starts from the anchors
-        assert torch.allclose(t.references[0], points[g], atol=1e-4)
+        t = step.teacher.record.groups["kd_detr_general"] if g == "general" else det
+        s = step.student.record.groups[f"kd_detr_{g}"]
+        n = s.references.shape[2]
+        assert torch.allclose(t.references[0, :, :n], s.references[0], atol=1e-5)  # layer 0: the anchors
+        assert torch.allclose(s.references[0], points[g], atol=1e-4)
         assert t.logits.shape[0] == 3 and s.logits.shape[0] == 2  # teacher 3 layers, student 2
         assert s.hidden.shape[-1] == 32 and t.hidden.shape[-1] == 64
     assert "dn" not in step.teacher.record.groups and "dn" in step.student.record.groups
     expected = {f"loss_kd_kddetr_{g}_{t}" for g in ("general", "specific") for t in ("cls", "bbox", "giou")}
     assert set(kd_losses) == expected
     assert all(torch.isfinite(v) and v > 0 for v in kd_losses.values())
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_teacher_targets_at_the_specific_points(dino_teacher, inputs, reuse):
+    distiller = detr_distiller(dino_teacher, num_specific=10, reuse_teacher_detections=reuse).train()
+    with EventStorage(0):
+        step, _, _ = manual_step(distiller, inputs)
+    method, record = distiller.distill_losses["kd_detr"], step.teacher.record
+    targets = method.teacher_predictions(step)["specific"]
+    anchors = record.queries.anchor_logits[:, :10]
+    if reuse:
+        # no second teacher pass over its own queries: the targets are what the teacher predicts
+        # for its top-10 queries in plain inference, at their unclipped anchors
+        assert "kd_detr_specific" not in record.groups
+        assert torch.allclose(step.cache["kd_detr"]["specific"], anchors.sigmoid())
+        with dino_teacher.autocast() as teacher:
+            _, plain = run_detector(teacher, inputs, with_losses=False)
+        assert torch.allclose(targets[0], plain.record.outputs.logits[-1, :, :10], atol=1e-5)
+        assert torch.allclose(targets[1], plain.record.outputs.boxes[-1, :, :10], atol=1e-6)
+    else:
+        decoded = record.groups["kd_detr_specific"]
+        assert torch.equal(targets[0], decoded.logits[-1].float())
+        # decoded at the clipped anchors with the chosen (mean) content, not the learned one
+        assert not torch.allclose(targets[0], record.outputs.logits[-1, :, :10], atol=1e-3)
 
 
 def test_loss_is_every_student_layer_against_the_teachers_last(online):
@@ -467,7 +496,7 @@ def test_general_points_are_fresh_every_step_and_shared_within_it(inputs):
 
 
 def test_points_are_clipped_once_where_they_are_made(inputs):
-    method = kd(num_general=50, distribution="normal")
+    method = kd(num_general=50, distribution="normal", reuse_teacher_detections=False)
     points = method.points(DistillStep(inputs, None), _fake_det(N=40))
     for g in ("general", "specific"):
         xyxy = torch.cat([points[g][..., :2] - points[g][..., 2:] / 2, points[g][..., :2] + points[g][..., 2:] / 2], -1)
@@ -512,8 +541,10 @@ def test_zero_loss_when_the_student_is_the_teacher(inputs, class_loss):
     # one decoder layer: every student layer is compared with the teacher's last one
     teacher = FrozenTeacher(tiny_dino(width=32, num_queries=12, dec_layers=1, seed=3), allow_uninitialized=True)
     student = copy.deepcopy(teacher.model)
+    # both models decode every point with the same (mean) content: reused detections would give
+    # the teacher its learned content at the specific points
     distiller = DistillDETR(student=student, teacher=teacher, max_iter=10,
-                            losses={"kd_detr": kd(class_loss=class_loss)})
+                            losses={"kd_detr": kd(class_loss=class_loss, reuse_teacher_detections=False)})
     distiller.eval()  # BatchNorm and dropout as in the teacher
     with EventStorage(0):
         _, _, kd_losses = manual_step(distiller, inputs)
@@ -545,6 +576,8 @@ def test_frcnn_student_pools_exactly_the_teachers_points(frcnn_pair, inputs, mon
             want = torch.stack([p[:, 0] - p[:, 2] / 2, p[:, 1] - p[:, 3] / 2,
                                 p[:, 0] + p[:, 2] / 2, p[:, 1] + p[:, 3] / 2], -1) * torch.tensor([w, h, w, h])
             assert torch.allclose(boxes[b], want, atol=1e-4), group
+            if group == "specific":
+                continue  # the teacher's detection anchors, as it decoded them (may cross the border)
             assert boxes[b].min() >= -1e-4 and (boxes[b][:, 2] <= w + 1e-3).all() and (boxes[b][:, 3] <= h + 1e-3).all()
 
 
