@@ -7,10 +7,10 @@
 # (python train_net.py --config-file configs/detr/dino_R101_4scale_12ep.py --num-gpus 8).
 from detectron2.config import LazyCall as L
 
-from d2kd.distill.detrdistill import TargetAwareFeatureDistill
 from d2kd.distill.kd_detr import KDDETR
 from d2kd.meta_arch import DistillDETR, FrozenTeacher
 
+from ..common.detrdistill import detrdistill_losses
 from ..detr.dino_R101_4scale_12ep import model as _teacher
 from ..detr.dino_R50_4scale_12ep import dataloader, lr_multiplier, optimizer, train
 from ..detr.dino_R50_4scale_12ep import model as _student
@@ -20,12 +20,7 @@ model = L(DistillDETR)(
     teacher=L(FrozenTeacher)(model=_teacher, weights="output/dino_R101_4scale_12ep/model_final.pth"),
     losses={
         "kd_detr": L(KDDETR)(name="kd_detr", num_general=300),
-        "fd": L(TargetAwareFeatureDistill)(
-            student_channels="${model.student.embed_dim}",
-            teacher_channels="${model.teacher.model.embed_dim}",
-            num_levels="${model.student.num_feature_levels}",
-            weight=20.0,
-        ),
+        **detrdistill_losses(("fd",)),
     },
     max_iter="${train.max_iter}",
 )

@@ -9,10 +9,10 @@
 # model.teacher.weights).
 from detectron2.config import LazyCall as L
 
-from d2kd.distill.detrdistill import TargetAwareFeatureDistill
 from d2kd.distill.kd_detr import KDDETR
 from d2kd.meta_arch import DistillDETR, FrozenTeacher
 
+from ..common.detrdistill import detrdistill_losses
 from ..detr.dino_R18_builtin import dataloader, lr_multiplier, optimizer, train
 from ..detr.dino_R18_builtin import model as _student
 from ..detr.dino_R50_builtin import model as _teacher
@@ -22,12 +22,7 @@ model = L(DistillDETR)(
     teacher=L(FrozenTeacher)(model=_teacher, weights="output/dino_R50_builtin/model_final.pth"),
     losses={
         "kd_detr": L(KDDETR)(name="kd_detr", num_general=100),
-        "fd": L(TargetAwareFeatureDistill)(
-            student_channels="${model.student.embed_dim}",
-            teacher_channels="${model.teacher.model.embed_dim}",
-            num_levels="${model.student.num_feature_levels}",
-            weight=20.0,
-        ),
+        **detrdistill_losses(("fd",)),
     },
     max_iter="${train.max_iter}",
 )

@@ -13,9 +13,9 @@
 #     train.output_dir=./output/deformable_detr_R50_builtin
 from detectron2.config import LazyCall as L
 
-from d2kd.distill.detrdistill import HungarianLogitsDistill, QueryPriorAssignmentDistill, TargetAwareFeatureDistill
 from d2kd.meta_arch import DistillDETR, FrozenTeacher
 
+from ..common.detrdistill import detrdistill_losses
 from ..detr.deformable_detr_R18_builtin import dataloader, lr_multiplier, optimizer, train
 from ..detr.deformable_detr_R18_builtin import model as _student
 from ..detr.deformable_detr_R18_builtin import model as _teacher
@@ -26,20 +26,7 @@ _teacher.embed_dim = 256
 model = L(DistillDETR)(
     student=_student,
     teacher=L(FrozenTeacher)(model=_teacher, weights="output/deformable_detr_R50_builtin/model_final.pth"),
-    losses={
-        "ld": L(HungarianLogitsDistill)(weight=1.0, score_threshold=0.3, class_target="soft"),
-        "fd": L(TargetAwareFeatureDistill)(
-            student_channels="${model.student.embed_dim}",
-            teacher_channels="${model.teacher.model.embed_dim}",
-            num_levels="${model.student.num_feature_levels}",
-            weight=20.0,
-        ),
-        "ad": L(QueryPriorAssignmentDistill)(
-            student_channels="${model.student.embed_dim}",
-            teacher_channels="${model.teacher.model.embed_dim}",
-            weight=1.0,
-        ),
-    },
+    losses=detrdistill_losses(),
     max_iter="${train.max_iter}",
 )
 

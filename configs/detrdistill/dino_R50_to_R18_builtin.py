@@ -15,9 +15,9 @@
 # model.losses.ld.score_threshold=0.5.
 from detectron2.config import LazyCall as L
 
-from d2kd.distill.detrdistill import HungarianLogitsDistill, QueryPriorAssignmentDistill, TargetAwareFeatureDistill
 from d2kd.meta_arch import DistillDETR, FrozenTeacher
 
+from ..common.detrdistill import detrdistill_losses
 from ..detr.dino_R18_builtin import dataloader, lr_multiplier, optimizer, train
 from ..detr.dino_R18_builtin import model as _student
 from ..detr.dino_R50_builtin import model as _teacher
@@ -25,20 +25,7 @@ from ..detr.dino_R50_builtin import model as _teacher
 model = L(DistillDETR)(
     student=_student,
     teacher=L(FrozenTeacher)(model=_teacher, weights="output/dino_R50_builtin/model_final.pth"),
-    losses={
-        "ld": L(HungarianLogitsDistill)(weight=1.0, score_threshold=0.3, class_target="soft"),
-        "fd": L(TargetAwareFeatureDistill)(
-            student_channels="${model.student.embed_dim}",
-            teacher_channels="${model.teacher.model.embed_dim}",
-            num_levels="${model.student.num_feature_levels}",
-            weight=20.0,
-        ),
-        "ad": L(QueryPriorAssignmentDistill)(
-            student_channels="${model.student.embed_dim}",
-            teacher_channels="${model.teacher.model.embed_dim}",
-            weight=1.0,
-        ),
-    },
+    losses=detrdistill_losses(),
     max_iter="${train.max_iter}",
 )
 
