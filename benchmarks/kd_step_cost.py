@@ -3,6 +3,7 @@
     python benchmarks/kd_step_cost.py                                   # KD-DETR, DINO R-50 -> R-18
     python benchmarks/kd_step_cost.py --config configs/kd_detr/dino_to_frcnn_builtin.py
     python benchmarks/kd_step_cost.py --one-pass                        # the old single masked pass
+    python benchmarks/kd_step_cost.py model.losses.kd_detr.reuse_teacher_detections=False
 
 In one process, on the same batch (4 built-in-sized 192 px images, 8 boxes each), medians over
 ``--reps`` steps after a warm-up: the student alone (its config's model, training step: forward,
@@ -43,18 +44,23 @@ def main(argv=None) -> int:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--one-pass", action="store_true", help="decode all query groups in one masked pass")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides, e.g. model.losses.kd_detr.reuse_teacher_detections=False")
     args = parser.parse_args(argv)
 
     from detectron2.config import LazyConfig, instantiate
     from detectron2.utils.events import EventStorage
 
     from d2kd.detr.base import DETRBase
+    from d2kd.engine.config import apply_overrides
     from d2kd.engine.smoke import num_classes_of, prepare_smoke_config, tiny_batch
 
     torch.set_num_threads(args.threads)
     if args.one_pass:
         DETRBase.decode = DETRBase._decode_together
-    cfg = prepare_smoke_config(LazyConfig.load(os.path.join(ROOT, args.config)))
+    cfg = LazyConfig.load(os.path.join(ROOT, args.config))
+    apply_overrides(cfg, args.overrides)  # d2kd's: an unknown key is an error
+    cfg = prepare_smoke_config(cfg)
     torch.manual_seed(0)
     kd_model = instantiate(cfg.model).train()
     torch.manual_seed(0)
@@ -81,8 +87,8 @@ def main(argv=None) -> int:
         t_teacher = _timed(infer, args.reps)
         t_kd = _timed(step(kd_model), args.reps)
     overhead = (t_kd - t_student - t_teacher) / t_student
-    print(f"{args.config}{' (one masked pass)' if args.one_pass else ''}, {args.threads} threads, "
-          f"median of {args.reps}:")
+    print(f"{args.config}{' (one masked pass)' if args.one_pass else ''} {' '.join(args.overrides)}, "
+          f"{args.threads} threads, median of {args.reps}:")
     print(f"  student step {t_student:.3f} s | teacher inference {t_teacher:.3f} s | KD step {t_kd:.3f} s")
     print(f"  KD step / student step = {t_kd / t_student:.2f}; overhead beyond student + teacher = "
           f"{100 * overhead:+.0f}% of the student step (goal: <= +15%)")
