@@ -110,6 +110,13 @@ Heterogeneous distillation (``HeteroDistill``, DINO / Deformable DETR teacher):
   proportions keep the teacher's class ranking and its ambiguities. Boxes: the student's box for
   the teacher's top class (its only box if class-agnostic), converted to cxcywh normalised by
   the unpadded image, L1 + GIoU to the teacher's boxes. Same foreground weights.
+  ``rcnn_class_target="foreground"`` distils the class *given foreground* only:
+  ``T^2 KL(softmax(log(p / sum_k p_k) / T) || softmax(s_fg / T))`` over the K object classes
+  (the student's background logit left out), so the student's object-vs-background decision
+  stays with its own ground-truth losses. Why offer it: a focal-loss teacher's scores are low by
+  construction (its true objects often score 0.3-0.6), and the (K + 1)-way map then tells the
+  student's softmax head that a box on an object is half background, against what its own
+  classification loss teaches on the same boxes.
 - **RetinaNet / FCOS students** (``"dense"``): a dense detector predicts only at its own anchors
   (FCOS: stride-sized boxes centred on its locations), so the points must be those anchors, not
   arbitrary boxes. With ``point_source="student_anchors"``, after the student's pass: general =
@@ -152,6 +159,7 @@ DISTRIBUTIONS = ("uniform", "normal")
 POINT_SOURCES = ("boxes", "student_anchors")
 CONTENTS = ("zero", "mean")
 NORMALIZATIONS = ("weighted_mean", "reference")
+RCNN_CLASS_TARGETS = ("with_background", "foreground")
 _DEFAULT_TEMPERATURE = {"bce": 1.0, "kl": 10.0}
 
 Schedule = Union[float, Sequence[float]]
@@ -359,6 +367,8 @@ class KDDETR(DistillLoss):
         class_loss: ``"bce"`` (default) or ``"kl"`` (reference); the softmax map is always used
             for a Faster R-CNN student.
         temperature: of the class loss; None: 1 for ``"bce"`` and the R-CNN map, 10 for ``"kl"``.
+        rcnn_class_target: Faster R-CNN students: ``"with_background"`` (the (K + 1)-way map) or
+            ``"foreground"`` (the class distribution given foreground; module doc).
         cls_weight, bbox_weight, giou_weight: term weights (reference: 1, 5, 2).
         content: content part of the point queries: ``"mean"`` (default: each model's mean
             detection content, detached) or ``"zero"`` (the reference, whose DAB-DETR queries have
@@ -414,12 +424,14 @@ class KDDETR(DistillLoss):
         foreground_weighting: bool = True,
         normalization: str = "weighted_mean",
         reuse_teacher_detections: bool = True,
+        rcnn_class_target: str = "with_background",
     ):
         super().__init__()
         for value, allowed, what in ((class_loss, CLASS_LOSSES, "class_loss"), (distribution, DISTRIBUTIONS,
                                      "distribution"), (content, CONTENTS, "content"),
                                      (point_source, POINT_SOURCES, "point_source"),
-                                     (normalization, NORMALIZATIONS, "normalization")):
+                                     (normalization, NORMALIZATIONS, "normalization"),
+                                     (rcnn_class_target, RCNN_CLASS_TARGETS, "rcnn_class_target")):
             if value not in allowed:
                 raise ValueError(f"KDDETR {what} must be one of {allowed}, got {value!r}")
         if num_specific is not None and num_specific < 1:
@@ -443,6 +455,7 @@ class KDDETR(DistillLoss):
         self.foreground_weighting = bool(foreground_weighting)
         self.normalization = normalization
         self.reuse_teacher_detections = bool(reuse_teacher_detections)
+        self.rcnn_class_target = rcnn_class_target
         enabled = {"general": self.num_general > 0 and any(self.general_weight),
                    "specific": any(self.specific_weight)}
         self.groups = tuple(g for g in GROUPS if enabled[g])
@@ -640,7 +653,12 @@ class KDDETR(DistillLoss):
             decoded = decoded.gather(2, top[..., None, None].expand(B, N, 1, 4))
         s_boxes = box_xyxy_to_cxcywh(decoded[:, :, 0] / torch.stack(scales)[:, None])
         temperature = self.temperature or 1.0
-        cls = softmax_class_distillation(logits.view(B, N, -1), sigmoid_to_softmax_targets(t_logits), temperature)
+        logits = logits.view(B, N, -1)
+        if self.rcnn_class_target == "foreground":
+            p = t_logits.detach().float().sigmoid()
+            cls = softmax_class_distillation(logits[..., :-1], p / p.sum(-1, keepdim=True), temperature)
+        else:
+            cls = softmax_class_distillation(logits, sigmoid_to_softmax_targets(t_logits), temperature)
         if self.normalization == "reference":
             cls = cls / logits.shape[-1]  # the reference's mean over the classes
         l1, giou = box_distillation(s_boxes, t_boxes)
