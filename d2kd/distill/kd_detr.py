@@ -640,7 +640,7 @@ class KDDETR(DistillLoss):
         return self._sigmoid_terms(decoded.logits, decoded.boxes, t_logits, t_boxes)
 
     def _rcnn_terms(self, view, points, t_logits, t_boxes):
-        """Faster R-CNN student: its box head at the points (already clipped, in input pixels)."""
+        """Faster R-CNN student: its box head at the points (as made by ``points``, in input pixels)."""
         from .views import rcnn_predict_at
 
         B, N, _ = points.shape
