@@ -87,8 +87,8 @@ def main(argv=None) -> int:
         t_teacher = _timed(infer, args.reps)
         t_kd = _timed(step(kd_model), args.reps)
     overhead = (t_kd - t_student - t_teacher) / t_student
-    print(f"{args.config}{' (one masked pass)' if args.one_pass else ''} {' '.join(args.overrides)}, "
-          f"{args.threads} threads, median of {args.reps}:")
+    label = " ".join([args.config] + (["(one masked pass)"] if args.one_pass else []) + args.overrides)
+    print(f"{label}, {args.threads} threads, median of {args.reps}:")
     print(f"  student step {t_student:.3f} s | teacher inference {t_teacher:.3f} s | KD step {t_kd:.3f} s")
     print(f"  KD step / student step = {t_kd / t_student:.2f}; overhead beyond student + teacher = "
           f"{100 * overhead:+.0f}% of the student step (goal: <= +15%)")

@@ -31,10 +31,10 @@ except the specific points when the teacher's detections are reused (below).
 Teacher targets at the specific points (``reuse_teacher_detections``, default True): the
 specific points *are* the teacher's detection queries, so its predictions there are its own
 detection outputs (its learned content, among all its detection queries, as in plain inference);
-they are read from its detection outputs and the teacher decodes the general group only. The specific points are then the anchors exactly as
-the teacher decoded them, not clipped: a DETR student decodes any box, and Faster R-CNN's RoIAlign
-pools a box that crosses the border as it is (zeros outside), so every model still sees the same
-boxes. This is the teacher's best input (on the built-in DINO R-50 teacher, decoding its own anchors
+they are read from its detection outputs and the teacher decodes the general group only. The
+specific points are then the anchors exactly as the teacher decoded them, not clipped: a DETR
+student decodes any box, and Faster R-CNN's RoIAlign pools a box that crosses the border as it is
+(zeros outside), so every model still sees the same boxes. This is the teacher's best input (on the built-in DINO R-50 teacher, decoding its own anchors
 scores 7.8 AP with its learned content, 4.6 with the mean one, 4.0 with zero; see ``content``)
 and saves the teacher's second decoder pass over those points (on the built-in DINO R-50 -> R-18,
 ``benchmarks/kd_step_cost.py``: see the README). ``False``: the teacher decodes the clipped anchors
@@ -364,8 +364,8 @@ class KDDETR(DistillLoss):
             with weight 0 at both ends is off.
         anneal: ``(begin, end)`` fractions of training over which the weights move.
         distribution, size_range, aspect_range: of the general points (:func:`sample_general_points`).
-        class_loss: ``"bce"`` (default) or ``"kl"`` (reference); the softmax map is always used
-            for a Faster R-CNN student.
+        class_loss: ``"bce"`` (default) or ``"kl"`` (reference), for sigmoid students; a Faster
+            R-CNN student's class term is set by ``rcnn_class_target``.
         temperature: of the class loss; None: 1 for ``"bce"`` and the R-CNN map, 10 for ``"kl"``.
         rcnn_class_target: Faster R-CNN students: ``"with_background"`` (the (K + 1)-way map) or
             ``"foreground"`` (the class distribution given foreground; module doc).
