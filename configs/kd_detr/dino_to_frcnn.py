@@ -6,9 +6,11 @@
 # to the image, fresh every step) + the teacher's 300 top-scoring proposals. The teacher decodes
 # them as anchor queries (isolated from its detection queries); the student's box head runs on
 # them as extra RoIs (not sampled, not matched, its RPN/RoI losses untouched). Class: KL from the
-# teacher's sigmoid scores mapped to K+1 classes (foreground mass = best score, split by the
-# per-class scores; background = the rest) to the student's softmax; boxes: the student's box
-# for the teacher's top class, L1 5 + GIoU 2; each point weighted by the teacher's best score.
+# teacher's class distribution given foreground (its sigmoid scores normalised over the K classes)
+# to the student's softmax over its K object logits, the background logit left to the student's
+# own losses (KDDETR(rcnn_class_target="foreground"), chosen by measurement: see
+# d2kd/distill/kd_detr.py); boxes: the student's box for the teacher's top class, L1 5 + GIoU 2;
+# each point weighted by the teacher's best score.
 #
 # Teacher checkpoint (model.teacher.weights): default output/dino_R50_4scale_12ep/model_final.pth
 # (python train_net.py --config-file configs/detr/dino_R50_4scale_12ep.py --num-gpus 8).

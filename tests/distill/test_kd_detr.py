@@ -176,13 +176,15 @@ def test_frcnn_foreground_class_target_by_hand(monkeypatch):
     monkeypatch.setattr(views, "rcnn_predict_at", lambda view, boxes: (s_logits, torch.tensor([[[2.0, 2.0, 6.0, 6.0]]])))
     view = SimpleNamespace(images=SimpleNamespace(image_sizes=[(8, 8)]))
     points, t_boxes = torch.tensor([[[0.5, 0.5, 0.5, 0.5]]]), torch.tensor([[[0.5, 0.5, 0.5, 0.5]]])
-    fg = kd(rcnn_class_target="foreground", foreground_weighting=False)._rcnn_terms(view, points, t_logits, t_boxes)
+    assert kd().rcnn_class_target == "foreground"  # the default, chosen by measurement (module doc)
+    fg = kd(foreground_weighting=False)._rcnn_terms(view, points, t_logits, t_boxes)
     q = torch.tensor([2 / 3, 1 / 3])  # the teacher's classes given foreground
     expected = (q * (q.log() - s_logits[0, :2].log_softmax(-1))).sum()
     assert fg["cls"].item() == pytest.approx(expected.item(), rel=1e-5)
     fg["cls"].backward()
     assert s_logits.grad[0, 2] == 0  # the background logit is left to the student's own losses
-    both = kd(foreground_weighting=False)._rcnn_terms(view, points, t_logits, t_boxes)
+    both = kd(rcnn_class_target="with_background", foreground_weighting=False)._rcnn_terms(
+        view, points, t_logits, t_boxes)
     q3 = sigmoid_to_softmax_targets(t_logits)[0, 0]
     assert both["cls"].item() == pytest.approx((q3 * (q3.log() - s_logits[0].log_softmax(-1))).sum().item(), rel=1e-5)
     with pytest.raises(ValueError, match="rcnn_class_target"):
