@@ -65,20 +65,19 @@ def training_writers(output_dir: str, max_iter: int, resume_at: Optional[int] = 
 
     A resumed run first cuts ``metrics.json`` back to the iterations before ``resume_at``, and
     TensorBoard hides the events of those iterations and later (``purge_step``), so neither
-    holds an iteration twice.
+    holds an iteration twice. A new run cuts from iteration 0: the records of an earlier,
+    unfinished run in the same folder would otherwise be read (and plotted) as its own.
     """
     from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
 
     os.makedirs(output_dir, exist_ok=True)
     metrics = os.path.join(output_dir, "metrics.json")
-    tensorboard = {}
-    if resume_at is not None:
-        truncate_metrics(metrics, resume_at)
-        tensorboard["purge_step"] = resume_at
+    start_iter = 0 if resume_at is None else resume_at
+    truncate_metrics(metrics, start_iter)
     return [
         CommonMetricPrinter(max_iter),
         JSONWriter(metrics),
-        TensorboardXWriter(output_dir, **tensorboard),
+        TensorboardXWriter(output_dir, purge_step=start_iter),
     ]
 
 

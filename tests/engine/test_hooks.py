@@ -3,7 +3,7 @@ import json
 
 from detectron2.utils.events import EventStorage
 
-from d2kd.engine.hooks import TrainingCurves, plot_training_curves, read_metrics
+from d2kd.engine.hooks import TrainingCurves, plot_training_curves, read_metrics, training_writers
 
 
 class _FakeTrainer:
@@ -47,3 +47,23 @@ def test_hook_redraws_after_eval_and_keeps_resumed_history(tmp_path):
     assert [i for i, _ in loss] == [0, 1, 2, 3, 4, 5, 6, 7]  # iteration 7 of the old run dropped
     assert [v for _, v in loss][-1] == 1.0
     assert ap == {"bbox/AP": [(4, 1.5), (5, 2.0), (7, 4.0)]}
+
+
+def _stale_metrics(path, iters):
+    with open(path, "w") as f:
+        for i in iters:
+            f.write(json.dumps({"iteration": i, "total_loss": 5.0}) + "\n")
+
+
+def test_new_run_drops_an_unfinished_runs_records_and_resumed_run_keeps_earlier_ones(tmp_path):
+    # An interrupted run left iterations 19..239 behind; the demo then starts the run again.
+    metrics = tmp_path / "metrics.json"
+    _stale_metrics(metrics, range(19, 240, 20))
+    for writer in training_writers(str(tmp_path), max_iter=300, resume_at=None):
+        writer.close()
+    assert read_metrics(str(metrics)) == []
+
+    _stale_metrics(metrics, range(19, 240, 20))
+    for writer in training_writers(str(tmp_path), max_iter=300, resume_at=100):
+        writer.close()
+    assert [r["iteration"] for r in read_metrics(str(metrics))] == [19, 39, 59, 79, 99]
