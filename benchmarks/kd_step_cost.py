@@ -1,9 +1,11 @@
 """What a distillation step costs beyond the student's own step and one teacher inference.
 
-    python benchmarks/kd_step_cost.py                                   # KD-DETR, DINO R-50 -> R-18
+    python benchmarks/kd_step_cost.py                  # KD-DETR as published, DINO R-50 -> R-18
     python benchmarks/kd_step_cost.py --config configs/kd_detr/dino_to_frcnn_builtin.py
-    python benchmarks/kd_step_cost.py --one-pass                        # the old single masked pass
-    python benchmarks/kd_step_cost.py model.losses.kd_detr.reuse_teacher_detections=False
+    python benchmarks/kd_step_cost.py --one-pass       # the old single masked pass
+    python benchmarks/kd_step_cost.py --config configs/kd_detr/dino_R50_to_R18_variant_builtin.py
+        # d2kd's variant; with model.losses.kd_detr.reuse_teacher_detections=False the teacher
+        # decodes its anchors again, as the published method does
 
 In one process, on the same batch (4 built-in-sized 192 px images, 8 boxes each), medians over
 ``--reps`` steps after a warm-up: the student alone (its config's model, training step: forward,

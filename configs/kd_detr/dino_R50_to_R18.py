@@ -1,6 +1,7 @@
-# KD-DETR (Wang et al., CVPR 2024), COCO: DINO-4scale R-50 (../detr/dino_R50_4scale_12ep.py)
-# -> DINO-4scale R-18 (the same recipe and 12-epoch schedule with a torchvision ImageNet R-18).
-# Points, losses and schedule as dino_R101_to_R50.py.
+# KD-DETR (Wang et al., CVPR 2024) as published, COCO: DINO-4scale R-50
+# (../detr/dino_R50_4scale_12ep.py) -> DINO-4scale R-18 (the same recipe and 12-epoch schedule
+# with a torchvision ImageNet R-18). Points, losses and schedule as dino_R101_to_R50.py (300
+# general points, use_reference_kd_detr). d2kd's variant: dino_R50_to_R18_variant.py.
 #
 # Teacher checkpoint (model.teacher.weights): default output/dino_R50_4scale_12ep/model_final.pth
 # (python train_net.py --config-file configs/detr/dino_R50_4scale_12ep.py --num-gpus 8).
@@ -11,6 +12,7 @@ from d2kd.distill.kd_detr import KDDETR
 from d2kd.engine.model_zoo import pretrained_weights
 from d2kd.meta_arch import DistillDETR, FrozenTeacher
 
+from ..common.kd_detr import use_reference_kd_detr
 from ..detr.dino_R50_4scale_12ep import dataloader, lr_multiplier, optimizer, train
 from ..detr.dino_R50_4scale_12ep import model as _student
 from ..detr.dino_R50_4scale_12ep import model as _teacher
@@ -22,17 +24,12 @@ model = L(DistillDETR)(
     student=_student,
     teacher=L(FrozenTeacher)(model=_teacher, weights=_teacher_train.output_dir + "/model_final.pth"),
     losses={
-        "kd_detr": L(KDDETR)(
-            name="kd_detr",
-            num_general=300,
-            num_specific=None,
-            general_weight=(1.0, 0.5),
-            specific_weight=(0.5, 1.0),
-            class_loss="bce",
-        ),
+        "kd_detr": L(KDDETR)(name="kd_detr"),
     },
     max_iter="${train.max_iter}",
 )
+
+use_reference_kd_detr(model.losses.kd_detr, num_general=300)
 
 train.init_checkpoint = pretrained_weights("ImageNetPretrained/torchvision/R-18.pkl")
 train.output_dir = "./output/kd_detr/dino_R50_to_R18"

@@ -1,6 +1,7 @@
-# KD-DETR DINO-4scale R-50 -> DINO-4scale R-18 on COCO, *offline*: the twin of dino_R50_to_R18.py
-# that reads the teacher's predictions at fixed distillation points per image and view from a
-# store (general points drawn once per stored image-view instead of every step).
+# KD-DETR DINO-4scale R-50 -> DINO-4scale R-18 on the COCO data, *offline*: the twin of
+# dino_R50_to_R18_variant.py (d2kd's variant) that reads the teacher's predictions at a fixed set
+# of distillation points per image and view from a store (general points drawn once per stored
+# image-view).
 #   python -m d2kd.tools.dump_knowledge --config-file configs/kd_detr/dino_R50_to_R18_offline.py
 #       (once: writes the store)
 #   python train_net.py --config-file configs/kd_detr/dino_R50_to_R18_offline.py
@@ -8,9 +9,13 @@
 # The store holds K = 2 views per image (resize + flip, d2kd.offline.views) and is checked against
 # this config: teacher (config + sha256 of model.teacher.weights), data set, method settings,
 # image format. model.teacher.store / dataloader.train.store name it (both default to STORE).
+# Why the variant and not the published method (dino_R50_to_R18.py): a store fixes the
+# general points per image and view, and a batch of stored items mixes dump batches, so the
+# published method's one set per training batch, shared by its images and redrawn every step,
+# cannot be reproduced offline; the variant's per-image points can.
 from d2kd.offline.config import make_offline
 
-from .dino_R50_to_R18 import dataloader, lr_multiplier, model, optimizer, train
+from .dino_R50_to_R18_variant import dataloader, lr_multiplier, model, optimizer, train
 
 STORE = "./output/knowledge/kd_detr_dino_R50_to_R18"
 make_offline(model, dataloader, STORE)

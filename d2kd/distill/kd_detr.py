@@ -67,10 +67,14 @@ multiplied by the group's current weight (general-to-specific schedule, below).
 ``sum_d sum_i w_i mean_k l_dik`` (mean over the K classes, summed over points and layers, no
 normaliser), the box terms staying weighted means.
 
-Two configurations ship: d2kd's variant (``configs/kd_detr/dino_R50_to_R18_builtin.py``: per-class
-binary KL at T = 1, uniform per-image points, general 1 -> 0.5 / specific 0.5 -> 1) and the
-reference (``*_reference*.py``: softmax KL at T = 10, ``sigmoid(N(0, 1))`` points shared across the
-batch, constant weights 1 / 1, reference normalisation); benchmarks/kd_gain.py compares them.
+Two configurations ship for the homogeneous DINO pairs. The default configs
+(``configs/kd_detr/dino_R50_to_R18_builtin.py``, ``dino_R50_to_R18.py``, ``dino_R101_to_R50.py``)
+are the published method (``use_reference_kd_detr`` in ``configs/common/kd_detr.py``: softmax KL
+at T = 10, ``sigmoid(N(0, 1))`` points shared across the batch, constant weights 1 / 1, reference
+normalisation, zero content, the teacher decoding its anchors again). d2kd's variant lives in
+``*_variant*.py`` (``use_variant_kd_detr``: this class's defaults, i.e. per-class binary KL at
+T = 1, uniform per-image points, general 1 -> 0.5 / specific 0.5 -> 1, the teacher's detections
+reused); the offline DINO -> DINO configs build on it. benchmarks/kd_gain.py compares the two.
 
 Class distillation ``l_cls``:
 

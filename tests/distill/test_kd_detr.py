@@ -501,6 +501,41 @@ def test_config_without_teacher_checkpoint_fails_clearly(tmp_path):
         instantiate(teacher)
 
 
+
+_KD_FIELDS = ("num_general", "num_specific", "distribution", "share_points_across_batch", "general_weight",
+              "specific_weight", "class_loss", "temperature", "normalization", "content",
+              "reuse_teacher_detections", "foreground_weighting")
+
+
+def _kd_detr_of(config):
+    cfg = LazyConfig.load(os.path.join(ROOT, "configs", "kd_detr", config))
+    method = instantiate(cfg.model.losses.kd_detr)
+    return {f: getattr(method, f) for f in _KD_FIELDS}
+
+
+def test_variant_config_is_the_old_default():
+    """dino_R50_to_R18_variant_builtin.py is d2kd's variant, the default before the published
+    method replaced it: 100 uniform general points, general 1 -> 0.5 / specific 0.5 -> 1,
+    binary KL, every other field the KDDETR default."""
+    default = {f: getattr(KDDETR(), f) for f in _KD_FIELDS}
+    expected = dict(default, num_general=100, num_specific=None, general_weight=(1.0, 0.5),
+                    specific_weight=(0.5, 1.0), class_loss="bce")
+    assert _kd_detr_of("dino_R50_to_R18_variant_builtin.py") == expected
+    assert expected["distribution"] == "uniform" and not expected["share_points_across_batch"]
+    assert expected["content"] == "mean" and expected["reuse_teacher_detections"]
+
+
+def test_default_config_is_the_published_method():
+    assert _kd_detr_of("dino_R50_to_R18_builtin.py") == dict(
+        num_general=100, num_specific=None, distribution="normal", share_points_across_batch=True,
+        general_weight=(1.0, 1.0), specific_weight=(1.0, 1.0), class_loss="kl", temperature=10.0,
+        normalization="reference", content="zero", reuse_teacher_detections=False, foreground_weighting=True)
+    # the COCO pairs: the published method with the paper's 300 general points
+    for config in ("dino_R50_to_R18.py", "dino_R101_to_R50.py"):
+        fields = _kd_detr_of(config)
+        assert fields["class_loss"] == "kl" and fields["num_general"] == 300 and fields["share_points_across_batch"]
+    assert _kd_detr_of("dino_R50_to_R18_variant.py")["class_loss"] == "bce"
+
 # ------------------------------------------------------------------------- points and reference mode
 def _fake_det(B=2, N=5, width=8, seed=0):
     from d2kd.detr.queries import QueryGroup

@@ -30,7 +30,9 @@ METHODS = {
 CONFIGS = {
     "unikd/dino_to_frcnn_R18_offline_builtin.py": ("unikd/dino_to_frcnn_R18_builtin.py", "unikd", FRCNN),
     "kd_detr/dino_to_frcnn_offline_builtin.py": ("kd_detr/dino_to_frcnn_builtin.py", "kd_detr", FRCNN),
-    "kd_detr/dino_R50_to_R18_offline_builtin.py": ("kd_detr/dino_R50_to_R18_builtin.py", "kd_detr", DINO_STUDENT),
+    # the twin of d2kd's variant (the published default's batch-shared points cannot be stored)
+    "kd_detr/dino_R50_to_R18_offline_builtin.py": ("kd_detr/dino_R50_to_R18_variant_builtin.py", "kd_detr",
+                                                   DINO_STUDENT),
 }
 
 
