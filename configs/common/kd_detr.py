@@ -4,8 +4,7 @@
 # all the teacher's anchors as specific points, T^2 KL(softmax(t/T) || softmax(s/T)) with T = 10
 # (mean over the classes, summed over the points), boxes L1 + GIoU as foreground-weighted means,
 # constant group weights 1 and 1, foreground re-weighting, zero content (DAB-DETR's queries).
-# use_variant_kd_detr: d2kd's variant (the *_variant*.py configs), every field the reference sets
-# put back to the KDDETR default or the variant's value.
+# d2kd's variant (the *_variant*.py configs) needs no helper: it is KDDETR's own defaults.
 
 
 def use_reference_kd_detr(kd_detr, num_general: int) -> None:
@@ -23,21 +22,3 @@ def use_reference_kd_detr(kd_detr, num_general: int) -> None:
     kd_detr.content = "zero"
     kd_detr.reuse_teacher_detections = False
 
-
-def use_variant_kd_detr(kd_detr, num_general: int) -> None:
-    """Sets a ``KDDETR`` config node to d2kd's variant with ``num_general`` general points: uniform
-    per-image points, general weight 1 -> 0.5 and specific 0.5 -> 1, per-class binary KL (T = 1),
-    weighted-mean normalisation, mean content, the teacher's detections reused (the KDDETR
-    defaults). Sets every field that :func:`use_reference_kd_detr` sets."""
-    kd_detr.num_general = num_general
-    kd_detr.num_specific = None
-    kd_detr.distribution = "uniform"
-    kd_detr.share_points_across_batch = False
-    kd_detr.general_weight = (1.0, 0.5)
-    kd_detr.specific_weight = (0.5, 1.0)
-    kd_detr.class_loss = "bce"
-    kd_detr.temperature = None
-    kd_detr.normalization = "weighted_mean"
-    kd_detr.foreground_weighting = True
-    kd_detr.content = "mean"
-    kd_detr.reuse_teacher_detections = True

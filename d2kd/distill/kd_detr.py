@@ -73,7 +73,7 @@ Two configurations ship for the homogeneous DINO pairs. The default configs
 are the published method (``use_reference_kd_detr`` in ``configs/common/kd_detr.py``: softmax KL
 at T = 10, ``sigmoid(N(0, 1))`` points shared across the batch, constant weights 1 / 1, reference
 normalisation, zero content, the teacher decoding its anchors again). d2kd's variant lives in
-``*_variant*.py`` (``use_variant_kd_detr``: this class's defaults, i.e. per-class binary KL at
+``*_variant*.py`` (this class's defaults, i.e. per-class binary KL at
 T = 1, uniform per-image points, general 1 -> 0.5 / specific 0.5 -> 1, the teacher's detections
 reused); the offline DINO -> DINO configs build on it. benchmarks/kd_gain.py compares the two.
 The published method is the default because it distilled better on the built-in DINO R-50 ->

@@ -501,7 +501,6 @@ def test_config_without_teacher_checkpoint_fails_clearly(tmp_path):
         instantiate(teacher)
 
 
-
 _KD_FIELDS = ("num_general", "num_specific", "distribution", "share_points_across_batch", "general_weight",
               "specific_weight", "class_loss", "temperature", "normalization", "content",
               "reuse_teacher_detections", "foreground_weighting")
@@ -535,6 +534,7 @@ def test_default_config_is_the_published_method():
         fields = _kd_detr_of(config)
         assert fields["class_loss"] == "kl" and fields["num_general"] == 300 and fields["share_points_across_batch"]
     assert _kd_detr_of("dino_R50_to_R18_variant.py")["class_loss"] == "bce"
+
 
 # ------------------------------------------------------------------------- points and reference mode
 def _fake_det(B=2, N=5, width=8, seed=0):
